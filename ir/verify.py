@@ -63,8 +63,11 @@ def verify(graph: Graph) -> None:
                 raise VerificationError(f"{where}: output %{value.name} is typed {value.type}, inference gives {expected}")
             define(value, where)
 
+    members = {id(node) for node in graph.nodes}
     for value in graph.values():
         for user, position in value.uses:
+            if id(user) not in members:
+                raise VerificationError(f"%{value.name}: used by {user.name}, which is not in the graph")
             if position >= len(user.inputs) or user.inputs[position] is not value:
                 raise VerificationError(f"%{value.name}: stale use by {user.name} at input {position}")
     for value in graph.outputs:
