@@ -1,0 +1,275 @@
+"""The ``optc`` command: compile, run, inspect and bench models.
+
+Every expected failure (bad file, hostile model, unsupported op, wrong inputs) ends with one line
+on stderr, ``optc: error: ...``, and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, OptcError
+
+EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+def _progress(quiet: bool):
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``--shape input=1x3x224x224`` (repeatable) -> {"input": (1, 3, 224, 224)}."""
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, equals, dims = item.partition("=")
+        try:
+            if not equals:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.replace(",", "x").split("x") if d)
+        except ValueError:
+            raise InputError(f"--shape '{item}' must look like NAME=1x3x224x224") from None
+    return shapes
+
+
+# ---- compile ------------------------------------------------------------------------------------------
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .. import compiler
+
+    say = _progress(args.quiet)
+    if bool(args.model) == bool(args.example):
+        raise InputError("give either a MODEL file or --example NAME (see 'optc examples')")
+    if args.example:
+        from . import zoo
+
+        if args.example not in zoo.names():
+            raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
+        say(f"building example model '{args.example}'")
+        module, example_inputs = zoo.build(args.example)
+        model: Any = module
+        options = dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example), source=f"example:{args.example}")
+    else:
+        model = args.model
+        options = dict(input_shapes=parse_shapes(args.shape))
+    artifact = compiler.compile(
+        model, target=args.target, passes=args.passes, output=args.output, check=not args.no_check, progress=say, **options
+    )
+    report = artifact.extras["report"]
+    if not args.quiet:
+        print(report.table())
+    check = artifact.manifest.get("check")
+    if check:
+        print(f"compiled vs reference: max|err| {check['max_abs_error']:.3g}, cosine {check['cosine']:.6f}")
+    print(f"wrote {artifact.path} (target {args.target}, {len(artifact.graph.nodes)} nodes)")
+    return 0
+
+
+# ---- run ------------------------------------------------------------------------------------------------
+
+def load_feeds(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read inputs from {path}: {error} (expected an .npz keyed by input name)") from error
+
+
+def summarize(name: str, array: np.ndarray) -> str:
+    head = np.asarray(array).ravel()[:5]
+    shown = ", ".join(f"{v:.5g}" if np.issubdtype(array.dtype, np.floating) else str(v) for v in head)
+    if np.issubdtype(array.dtype, np.number) and array.size:
+        stats = f" min {array.min():.5g} max {array.max():.5g} mean {array.astype(np.float64).mean():.5g}"
+    else:
+        stats = ""
+    return f"  {name}: {array.dtype}{list(array.shape)}{stats} [{shown}{', ...' if array.size > 5 else ''}]"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..backends.artifact import load_artifact
+    from ..ir.interpret import sample_inputs
+
+    artifact = load_artifact(args.artifact)
+    if args.inputs:
+        feeds = load_feeds(args.inputs)
+    else:
+        feeds = sample_inputs(artifact.graph, seed=args.seed)
+        print(f"no --inputs given: using seeded random inputs (seed {args.seed})")
+    start = time.perf_counter()
+    outputs = artifact.run(feeds)
+    seconds = time.perf_counter() - start
+    print(f"ran {args.artifact} on {artifact.target} in {seconds * 1e3:.1f} ms")
+    for name, array in outputs.items():
+        print(summarize(name, array))
+    if args.save:
+        np.savez(args.save, **outputs)
+        print(f"saved outputs to {args.save}")
+    return 0
+
+
+# ---- inspect ---------------------------------------------------------------------------------------------
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .. import compiler
+    from ..passes.report import Report
+
+    path = Path(args.model)
+    is_artifact = path.is_dir() and (path / "manifest.json").exists()
+    graph = compiler.load(path, input_shapes=parse_shapes(args.shape))
+    print(f"{'artifact' if is_artifact else 'model'}: {path}")
+    print("inputs:")
+    for item in graph.input_signature():
+        print(f"  {item['name']}: {item['dtype']}{item['shape']}")
+    print("outputs:")
+    for item in graph.output_signature():
+        print(f"  {item['name']}: {item['dtype']}{item['shape']}")
+    print(f"nodes: {len(graph.nodes)}  params: {graph.param_count():,} ({graph.param_bytes() / 1e6:.2f} MB)  "
+          f"FLOPs: {graph.flops() / 1e6:.2f} M")
+    print("ops:")
+    for op, count in graph.op_counts().items():
+        print(f"  {op:<24} {count}")
+    if is_artifact:
+        from ..backends.artifact import read_manifest
+
+        manifest = read_manifest(path)
+        print(f"target: {json.dumps(manifest['target'])}")
+        print(f"pipeline: {manifest.get('pipeline')}")
+        print(f"created: {manifest.get('created')}  tools: {json.dumps(manifest.get('tools'))}")
+        if manifest.get("check"):
+            print(f"check: {json.dumps(manifest['check'])}")
+        print("files:")
+        for name, entry in manifest["files"].items():
+            print(f"  {name:<20} {entry['size']:>12,} bytes  sha256 {entry['sha256'][:16]}...")
+        report = manifest.get("report")
+        if report:
+            from ..passes.report import GraphStats, PassRow
+
+            restored = Report(before=GraphStats(**report["before"]))
+            for row in report["passes"]:
+                restored.rows.append(PassRow(**{**row, "stats": GraphStats(**row["stats"])}))
+            print("report:")
+            print(restored.table())
+    return 0
+
+
+# ---- bench, passes, examples ----------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main_from_cli(args)
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from ..passes import available_passes
+
+    for name, doc in available_passes().items():
+        print(f"  {name:<16} {doc}")
+    return 0
+
+
+def cmd_examples(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    for name in zoo.names():
+        print(f"  {name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optc", description="Compile and compress deep learning models with TVM backends.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    compile_parser = sub.add_parser("compile", help="compile a model into an artifact directory")
+    compile_parser.add_argument("model", nargs="?", help="an .onnx file")
+    compile_parser.add_argument("--example", help="an embedded example model instead of a file (see 'optc examples')")
+    compile_parser.add_argument("--target", default="cpu", help="target name (default: cpu)")
+    compile_parser.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    compile_parser.add_argument("--passes", default="cleanup", help="pipeline, e.g. 'cleanup' (see 'optc passes')")
+    compile_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224 (repeatable)")
+    compile_parser.add_argument("--no-check", action="store_true", help="skip the numerical checks against the reference")
+    compile_parser.add_argument("-q", "--quiet", action="store_true", help="no progress or report")
+    compile_parser.set_defaults(func=cmd_compile)
+
+    run_parser = sub.add_parser("run", help="run a compiled artifact")
+    run_parser.add_argument("artifact")
+    run_parser.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
+    run_parser.add_argument("--save", help="write outputs to this .npz")
+    run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.set_defaults(func=cmd_run)
+
+    inspect_parser = sub.add_parser("inspect", help="describe a model or an artifact")
+    inspect_parser.add_argument("model")
+    inspect_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224")
+    inspect_parser.set_defaults(func=cmd_inspect)
+
+    bench_parser = sub.add_parser("bench", help="median latency of optc against its peers, interleaved")
+    bench_parser.add_argument("model", nargs="?", help="an .onnx file or an artifact directory")
+    bench_parser.add_argument("--example", help="an embedded example model (enables the torch peer)")
+    bench_parser.add_argument("--target", default="cpu")
+    bench_parser.add_argument("--passes", default="cleanup")
+    bench_parser.add_argument("--vs", default="ort,torch", help="peers: ort, torch (comma separated; '' for none)")
+    bench_parser.add_argument("--repeat", type=int, default=20, help="timed runs per system (default 20)")
+    bench_parser.add_argument("--warmup", type=int, default=3)
+    bench_parser.add_argument("--threads", type=int, default=None, help="threads per system (default: all cores)")
+    bench_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224")
+    bench_parser.add_argument("--json", help="also write the results to this JSON file")
+    bench_parser.set_defaults(func=cmd_bench)
+
+    sub.add_parser("passes", help="list the available passes").set_defaults(func=cmd_passes)
+    sub.add_parser("examples", help="list the embedded example models").set_defaults(func=cmd_examples)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"optc {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="optc: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except OptcError as error:
+        if args.debug:
+            raise
+        print(f"optc: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("optc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug in optc or a library: say so, keep it to one line
+        if args.debug:
+            raise
+        print(f"optc: internal error: {type(error).__name__}: {_one_line(str(error))} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
