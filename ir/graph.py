@@ -113,7 +113,7 @@ class Graph:
 
     def add_param(self, name: str, array: np.ndarray) -> Value:
         """A constant tensor (weight or small constant) owned by the graph."""
-        array = np.ascontiguousarray(array)
+        array = np.require(np.asarray(array), requirements="C")  # keeps 0-d arrays 0-d
         value = Value(self.unique_name(name), TensorType.of(array))
         self.params[value] = array
         return value

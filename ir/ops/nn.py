@@ -232,15 +232,13 @@ def _avg_pool_reference(x: np.ndarray, **attrs: Any) -> np.ndarray:
     rank = len(attrs["kernel"])
     strides, dilations, pads = _window_attrs(attrs, rank)
     sums = _windows(_pool_padded(x, attrs, 0.0), attrs["kernel"], strides, dilations).sum(axis=tuple(range(-rank, 0)))
-    # count what each window covers: the input, plus explicit pads when count_include_pad
-    ones = np.ones((1, 1) + x.shape[2:], dtype=np.float64)
-    if attrs["count_include_pad"]:
-        ones = np.pad(ones, [(0, 0), (0, 0)] + [(pads[a], pads[a + rank]) for a in range(rank)], constant_values=1.0)
-        shifted = dict(attrs, pads=(0,) * (2 * rank))
-        _, extra = _pool_geometry(ones.shape, shifted)
-        ones = np.pad(ones, [(0, 0), (0, 0)] + [(0, extra[a]) for a in range(rank)])
-    else:
-        ones = _pool_padded(ones, attrs, 0.0)
+    # count what each window covers: the input, plus explicit pads when count_include_pad, never
+    # the end padding that ceil mode adds
+    _, extra = _pool_geometry(x.shape, attrs)
+    ones = np.pad(np.ones((1, 1) + x.shape[2:], dtype=np.float64),
+                  [(0, 0), (0, 0)] + [(pads[a], pads[a + rank]) for a in range(rank)],
+                  constant_values=1.0 if attrs["count_include_pad"] else 0.0)
+    ones = np.pad(ones, [(0, 0), (0, 0)] + [(0, extra[a]) for a in range(rank)])
     counts = _windows(ones, attrs["kernel"], strides, dilations).sum(axis=tuple(range(-rank, 0)))
     return (sums / counts).astype(x.dtype)
 

@@ -115,7 +115,7 @@ define("tensor.split", _split_infer, _split_reference, attrs={"axis": Attr("int"
 
 # ---- slice ----------------------------------------------------------------------------------------------
 
-def _slices(rank: int, shape: tuple, attrs: dict[str, Any]) -> list[slice]:
+def slice_per_axis(rank: int, shape: tuple, attrs: dict[str, Any]) -> list[slice]:
     starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"]
     axes = tuple(range(len(starts))) if axes is None else axes
     steps = (1,) * len(starts) if steps is None else steps
@@ -132,7 +132,7 @@ def _slices(rank: int, shape: tuple, attrs: dict[str, Any]) -> list[slice]:
 def _slice_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     x = inputs[0]
     shape = []
-    for dim, item in zip(x.shape, _slices(x.rank, x.shape, attrs)):
+    for dim, item in zip(x.shape, slice_per_axis(x.rank, x.shape, attrs)):
         if item == slice(None):
             shape.append(dim)
         elif not isinstance(dim, int):
@@ -143,7 +143,7 @@ def _slice_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:
 
 
 def _slice_reference(x: np.ndarray, **attrs: Any) -> np.ndarray:
-    return x[tuple(_slices(x.ndim, x.shape, attrs))]
+    return x[tuple(slice_per_axis(x.ndim, x.shape, attrs))]
 
 
 define(

@@ -137,3 +137,16 @@ def test_slice_clamps_like_onnx():
     x = np.arange(10, dtype="float32")
     np.testing.assert_array_equal(run_op("tensor.slice", [x], starts=(2,), ends=(1000,)), x[2:])
     np.testing.assert_array_equal(run_op("tensor.slice", [x], starts=(-1,), ends=(-(2**63),), steps=(-2,)), x[::-2])
+
+
+def test_avg_pool_ceil_mode_never_counts_the_added_end_padding():
+    x = np.arange(5, dtype="float32").reshape(1, 1, 5)
+    got = run_op("nn.avg_pool", [x], kernel=(2,), strides=(2,), pads=(1, 1), ceil_mode=True, count_include_pad=True)
+    want = F.avg_pool1d(torch.from_numpy(x), 2, 2, 1, ceil_mode=True, count_include_pad=True).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, [[[0.0, 1.5, 3.5]]])
+
+
+def test_scalar_params_stay_rank_zero():
+    graph = Graph()
+    assert graph.add_param("c", np.array(2.0, "float32")).type == TensorType((), "float32")

@@ -1,0 +1,159 @@
+"""The host CPU target: LLVM for this machine, the Relax VM, a shared library from export_library.
+
+Pipeline: ``DecomposeOpsForInference`` (batch norm to scale and shift), then TVM's ``zero``
+pipeline (legalize, fold constants, fuse ops, fuse TIR), then ``tvm.compile`` with the
+``default_build`` Relax pipeline, which lowers the fused module to VM code. No schedules are
+applied yet, so kernels are naive but compile in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tvm
+from tvm import relax
+from tvm.target import codegen
+
+from ...errors import ArtifactError, LoweringError
+from ...ir.graph import Graph
+from . import register_target
+
+if TYPE_CHECKING:
+    from ..runtime import CompiledModel
+
+logger = logging.getLogger(__name__)
+
+# x86-64 micro-architecture levels (psABI), as /proc/cpuinfo flag names, highest first.
+# AVX-512 (x86-64-v4) is left out on purpose: untuned kernels built for sapphirerapids ran
+# 1.7-2x slower than AVX2 code on the same machine (see the TVM field notes).
+X86_LEVELS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("x86-64-v3", frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe", "xsave"})),
+    ("x86-64-v2", frozenset({"cx16", "popcnt", "sse4_1", "sse4_2", "ssse3"})),
+)
+
+
+def _cpuinfo_flags() -> frozenset[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def detect_host_mcpu() -> str | None:
+    """An LLVM ``mcpu`` for this host, or None to leave LLVM's generic default.
+
+    On x86-64 it is the highest psABI level (up to v3: AVX2 + FMA) whose features the kernel
+    reports, which is portable across the CPUs of that level and avoids AVX-512 for untuned code.
+    Elsewhere it is the CPU LLVM detects (e.g. ``neoverse-v1``), when LLVM knows its name.
+    """
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        flags = _cpuinfo_flags()
+        if flags is None:
+            return None
+        for level, needed in X86_LEVELS:
+            if needed <= flags:
+                return level
+        return None
+    cpu = codegen.llvm_get_system_cpu()
+    if cpu and cpu != "generic" and codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
+        return cpu
+    return None
+
+
+def host_core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@register_target("cpu")
+@dataclass(frozen=True)
+class CpuTarget:
+    """LLVM code for the host CPU, run by the Relax VM from a shared library (``model.so``).
+
+    ``mcpu`` and ``num_cores`` default to what this machine has (see ``detect_host_mcpu``).
+    """
+
+    mcpu: str | None = field(default_factory=detect_host_mcpu)
+    num_cores: int = field(default_factory=host_core_count)
+    library_name: str = "model.so"
+    name: str = field(default="cpu", init=False)
+
+    def tvm_target(self) -> tvm.target.Target:
+        config: dict[str, object] = {"kind": "llvm", "num-cores": self.num_cores}
+        if self.mcpu:
+            # TVM accepts any name here and LLVM would only warn at build time, so check now
+            triple = codegen.llvm_get_system_triple()
+            if not codegen.llvm_is_valid_cpu(self.mcpu, triple):
+                raise LoweringError(
+                    f"LLVM does not know the CPU '{self.mcpu}' for {triple}; use a name such as "
+                    f"'{detect_host_mcpu() or 'generic'}' (mcpu='native' is not accepted by TVM)"
+                )
+            config["mcpu"] = self.mcpu
+        try:
+            return tvm.target.Target(config)
+        except Exception as error:  # TVM rejects unknown CPUs with a TVMError/ValueError
+            raise LoweringError(f"TVM rejects the CPU target {config}: {error}") from error
+
+    def relax_passes(self) -> list[tvm.transform.Pass]:
+        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")]
+
+    def build(self, module: tvm.IRModule) -> relax.VMExecutable:
+        target = self.tvm_target()
+        logger.debug("building %d Relax function(s) for %s", len(module.functions), target)
+        try:
+            with target:
+                module = tvm.transform.Sequential(self.relax_passes())(module)
+            return tvm.compile(module, target, relax_pipeline="default_build")
+        except Exception as error:
+            raise LoweringError(f"TVM failed to compile for {target}: {_last_line(error)}") from error
+
+    def export(self, executable: relax.VMExecutable, directory: Path) -> list[Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / self.library_name
+        executable.export_library(str(path))
+        return [path]
+
+    def library_files(self, directory: Path) -> list[Path]:
+        return [Path(directory) / self.library_name]
+
+    def load_library(self, directory: Path) -> tvm.runtime.Module:
+        path = Path(directory) / self.library_name
+        if not path.is_file():
+            raise ArtifactError(f"no compiled library at {path}; export the model first")
+        return tvm.runtime.load_module(str(path))
+
+    def load(self, directory: Path, graph: Graph, manifest: Mapping[str, Any] | None = None) -> CompiledModel:
+        from ..runtime import load_compiled  # the runtime imports the target registry
+
+        return load_compiled(directory, graph, self)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tvm_target": str(self.tvm_target()),
+            "mcpu": self.mcpu,
+            "num_cores": self.num_cores,
+            "library": self.library_name,
+        }
+
+    def device(self) -> tvm.runtime.Device:
+        return tvm.cpu(0)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
