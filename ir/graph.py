@@ -180,6 +180,17 @@ class Graph:
         old.uses.clear()
         self.outputs = [new if value is old else value for value in self.outputs]
 
+    def rename_value(self, value: Value, name: str) -> bool:
+        """Give ``value`` the name ``name`` if no other value has it; returns whether it did."""
+        if value.name == name:
+            return True
+        if name in self._names:
+            return False
+        self._names.discard(value.name)
+        self._names.add(name)
+        value.name = name
+        return True
+
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs are unused."""
         for value in node.outputs:
