@@ -31,6 +31,7 @@ def load(
     example_inputs: tuple | None = None,
     input_shapes: Mapping[str, tuple] | None = None,
     input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
 ) -> Graph:
     """An optc Graph from an ONNX file, an artifact directory, a torch module or a Graph (copied)."""
     if isinstance(model, Graph):
@@ -62,7 +63,7 @@ def load(
             raise ModelLoadError("capturing a torch module needs example_inputs (a tuple of tensors)")
         from .frontends.torch import capture
 
-        return capture(model, tuple(example_inputs), input_names=input_names)
+        return capture(model, tuple(example_inputs), input_names=input_names, output_names=output_names)
     raise ModelLoadError(f"cannot load a model from {type(model).__name__}; give a path, a torch.nn.Module or a Graph")
 
 
@@ -75,6 +76,7 @@ def compile(  # noqa: A001 - the public name users expect
     example_inputs: tuple | None = None,
     input_shapes: Mapping[str, tuple] | None = None,
     input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
     check: bool = True,
     target_options: Mapping[str, Any] | None = None,
     source: str | None = None,
@@ -95,7 +97,8 @@ def compile(  # noqa: A001 - the public name users expect
 
     say = progress or (lambda message: logger.info(message))
     say("loading model")
-    graph = load(model, example_inputs=example_inputs, input_shapes=input_shapes, input_names=input_names)
+    graph = load(model, example_inputs=example_inputs, input_shapes=input_shapes, input_names=input_names,
+                 output_names=output_names)
     verify(graph)
     target_object = get_target(target)
     pipeline_text = passes if isinstance(passes, str) else ",".join(getattr(p, "pass_name", type(p).__name__) for p in passes)

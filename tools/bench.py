@@ -195,7 +195,7 @@ def main_from_cli(args: argparse.Namespace) -> int:
             say(f"compiling example {example} with optc ({args.passes})")
             artifact = compiler.compile(module, target=args.target, passes=args.passes, output=Path(scratch) / "artifact",
                                         example_inputs=example_inputs, input_names=zoo.input_names(example),
-                                        check=False, progress=say)
+                                        output_names=zoo.output_names(example), check=False, progress=say)
             if "ort" in peers:
                 onnx_path = str(Path(scratch) / f"{example}.onnx")
                 say("exporting the same model to ONNX for onnxruntime")

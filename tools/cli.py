@@ -64,7 +64,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         say(f"building example model '{args.example}'")
         module, example_inputs = zoo.build(args.example)
         model: Any = module
-        options = dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example), source=f"example:{args.example}")
+        options = dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example),
+                       output_names=zoo.output_names(args.example), source=f"example:{args.example}")
     else:
         model = args.model
         options = dict(input_shapes=parse_shapes(args.shape))

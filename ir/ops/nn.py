@@ -382,9 +382,10 @@ def _softmax_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorTyp
 
 
 def _softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
-    shifted = x - x.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=axis, keepdims=True)).astype(x.dtype)
+    with np.errstate(invalid="ignore"):  # a row of only -inf gives NaN, as in torch
+        shifted = x - x.max(axis=axis, keepdims=True)
+        exp = np.exp(shifted)
+        return (exp / exp.sum(axis=axis, keepdims=True)).astype(x.dtype)
 
 
 def _log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:

@@ -51,7 +51,11 @@ def _reshape_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorTyp
 
 
 def _reshape_reference(x: np.ndarray, shape: tuple) -> np.ndarray:
-    return x.reshape(shape)
+    symbolic = [dim for dim in shape if isinstance(dim, str) or dim == -1]
+    if len(symbolic) > 1:
+        raise ShapeError(f"reshape to {shape} has {len(symbolic)} unknown dims; bind the symbolic dims first")
+    # one symbolic dim is whatever is left over, as -1 would be
+    return x.reshape(tuple(-1 if isinstance(dim, str) else dim for dim in shape))
 
 
 define("tensor.reshape", _reshape_infer, _reshape_reference, attrs={"shape": Attr("dims")})
@@ -186,7 +190,8 @@ def _expand_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType
 
 
 def _expand_reference(x: np.ndarray, shape: tuple) -> np.ndarray:
-    target = np.broadcast_shapes(x.shape, tuple(shape))
+    # a symbolic target dim equals the input's dim (inference checked it), so broadcast it as 1
+    target = np.broadcast_shapes(x.shape, tuple(1 if isinstance(dim, str) else dim for dim in shape))
     return np.ascontiguousarray(np.broadcast_to(x, target))
 
 
