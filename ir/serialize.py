@@ -62,7 +62,13 @@ def graph_from_json(data: dict[str, Any], params: dict[str, np.ndarray]) -> Grap
     for item in data["params"]:
         if item["name"] not in params:
             raise ArtifactError(f"param {item['name']} is missing from the weights file")
-        env[item["name"]] = graph.add_param(item["name"], params[item["name"]])
+        array = params[item["name"]]
+        if list(array.shape) != list(item["shape"]) or array.dtype.name != item["dtype"]:
+            raise ArtifactError(
+                f"param {item['name']} is {array.dtype.name}{list(array.shape)} in the weights file but the graph "
+                f"declares {item['dtype']}{item['shape']}"
+            )
+        env[item["name"]] = graph.add_param(item["name"], array)
     for item in data["nodes"]:
         node = graph.add_node(
             item["op"],
@@ -84,7 +90,8 @@ def save(graph: Graph, directory: str | Path, stem: str = "graph") -> list[Path]
     structure = directory / f"{stem}.json"
     weights = directory / f"{stem}.safetensors"
     structure.write_text(json.dumps(graph_to_json(graph), indent=1))
-    save_file({v.name: np.ascontiguousarray(a) for v, a in graph.params.items()}, str(weights))
+    # np.require, not np.ascontiguousarray: the latter turns 0-d arrays into shape (1,)
+    save_file({v.name: np.require(a, requirements="C") for v, a in graph.params.items()}, str(weights))
     return [structure, weights]
 
 

@@ -103,11 +103,22 @@ def _worker(connection: Any, spec: SystemSpec, feeds_path: str) -> None:
         if message[0] == "stop":
             return
         times = []
-        for _ in range(message[1]):
-            start = time.perf_counter()
-            runner()
-            times.append((time.perf_counter() - start) * 1e3)
+        try:
+            for _ in range(message[1]):
+                start = time.perf_counter()
+                runner()
+                times.append((time.perf_counter() - start) * 1e3)
+        except Exception as error:  # the parent reports it and measures the others
+            connection.send(("error", f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"))
+            return
         connection.send(("times", times))
+
+
+def _receive(connection: Any) -> tuple[str, Any]:
+    try:
+        return connection.recv()
+    except EOFError:
+        return "error", "the worker process died (see its output above)"
 
 
 def measure(specs: list[SystemSpec], feeds: dict[str, np.ndarray], repeat: int, warmup: int,
@@ -119,25 +130,39 @@ def measure(specs: list[SystemSpec], feeds: dict[str, np.ndarray], repeat: int, 
         feeds_path = os.path.join(scratch, "feeds.npz")
         np.savez(feeds_path, **feeds)
         workers = []
+
+        def failed(spec: SystemSpec, process: Any, note: str) -> None:
+            progress(f"{spec.name}: failed: {note}")
+            results.append(SystemResult(spec.name, float("nan"), float("nan"), float("nan"), 0, f"failed: {note}"))
+            process.join(timeout=10)
+
         for spec in specs:
             parent_end, child_end = context.Pipe()
             process = context.Process(target=_worker, args=(child_end, spec, feeds_path), daemon=True)
             process.start()
-            status, note = parent_end.recv()
+            child_end.close()  # so a worker that dies shows up as EOFError instead of a hang
+            status, note = _receive(parent_end)
             if status == "error":
-                progress(f"{spec.name}: could not start: {note}")
-                results.append(SystemResult(spec.name, float("nan"), float("nan"), float("nan"), 0, f"failed: {note}"))
-                process.join()
+                failed(spec, process, note)
                 continue
             progress(f"{spec.name}: ready ({note}); warming up")
             parent_end.send(("run", warmup))
-            parent_end.recv()
+            status, payload = _receive(parent_end)
+            if status == "error":
+                failed(spec, process, payload)
+                continue
             workers.append((spec, parent_end, process, note, []))
         for round_index in range(repeat):
-            order = workers[round_index % max(len(workers), 1):] + workers[: round_index % max(len(workers), 1)]
-            for spec, connection, _, _, times in order:
+            shift = round_index % max(len(workers), 1)
+            for worker in workers[shift:] + workers[:shift]:
+                spec, connection, process, _, times = worker
                 connection.send(("run", 1))
-                times.extend(connection.recv()[1])
+                status, payload = _receive(connection)
+                if status == "error":
+                    failed(spec, process, payload)
+                    workers.remove(worker)
+                else:
+                    times.extend(payload)
         for spec, connection, process, note, times in workers:
             connection.send(("stop",))
             process.join()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import operator
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
@@ -71,7 +72,10 @@ def capture(
     was_training = module.training
     module.eval()
     try:
-        exported = torch.export.export(module, example_inputs, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
+        with warnings.catch_warnings():
+            # torch's own pytree deprecation notice, raised inside export; nothing a user can act on
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            exported = torch.export.export(module, example_inputs, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
     except OptcError:
         raise
     except Exception as error:

@@ -192,7 +192,7 @@ def _expand_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType
 def _expand_reference(x: np.ndarray, shape: tuple) -> np.ndarray:
     # a symbolic target dim equals the input's dim (inference checked it), so broadcast it as 1
     target = np.broadcast_shapes(x.shape, tuple(1 if isinstance(dim, str) else dim for dim in shape))
-    return np.ascontiguousarray(np.broadcast_to(x, target))
+    return np.array(np.broadcast_to(x, target))  # a copy; keeps 0-d results 0-d
 
 
 define("tensor.expand", _expand_infer, _expand_reference, attrs={"shape": Attr("dims")})

@@ -70,6 +70,30 @@ def test_serialize_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.pkl"))
 
 
+def test_serialize_keeps_scalar_params_rank_zero(tmp_path):
+    graph = Graph()
+    x = graph.add_input("x", TensorType((2,), "float32"))
+    graph.outputs = [graph.op("math.mul", x, graph.add_param("scale", np.array(0.5, "float32")))]
+    serialize.save(graph, tmp_path)
+    loaded = serialize.load(tmp_path)
+    assert next(iter(loaded.params)).type == TensorType((), "float32")
+    assert next(iter(loaded.params.values())).shape == ()
+
+
+def test_serialize_refuses_weights_that_disagree_with_the_graph(tmp_path):
+    from safetensors.numpy import save_file
+
+    from optc.errors import ArtifactError
+
+    graph = small_cnn()
+    serialize.save(graph, tmp_path)
+    weights = {v.name: a for v, a in graph.params.items()}
+    weights["b"] = np.zeros(5, "float32")
+    save_file(weights, str(tmp_path / "graph.safetensors"))
+    with pytest.raises(ArtifactError, match="param b is float32\\[5\\]"):
+        serialize.load(tmp_path)
+
+
 def test_clone_is_independent():
     graph = small_cnn()
     copy = graph.clone()
