@@ -32,6 +32,7 @@ from ...ir.graph import Graph, Value
 from ...ir.types import TensorType
 from . import aten as aten_converters
 from .aten import CONVERTERS, IGNORED, PRESERVED, Context, Unavailable, Unsupported, optc_dtype
+from . import converters  # noqa: F401  (registers the converters into aten.CONVERTERS)
 
 logger = logging.getLogger(__name__)
 
