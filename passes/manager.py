@@ -66,6 +66,9 @@ class PassManager:
                 raise PassError(name, history, error) from error
             seconds = time.perf_counter() - start
             row = PassRow(name, changed, seconds, GraphStats.of(graph))
+            explain = getattr(pass_, "explain", None)
+            if callable(explain):
+                row.rules = explain()
             if reference is not None and feeds is not None:
                 row.max_abs_error, row.cosine = compare_outputs(reference, interpret(graph, feeds))
             logger.info("pass %s: changed=%s nodes=%d (%.2fs)", name, changed, row.stats.nodes, seconds)

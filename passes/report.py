@@ -37,6 +37,7 @@ class PassRow:
     stats: GraphStats
     max_abs_error: float | None = None
     cosine: float | None = None
+    rules: dict[str, dict[str, Any]] | None = None  # per rewrite rule: fired, refused reasons
 
 
 @dataclass
@@ -46,6 +47,19 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"before": asdict(self.before), "passes": [asdict(row) for row in self.rows]}
+
+    def explain(self) -> str:
+        """Per pass and rule: how often it fired and why it refused candidates."""
+        lines = []
+        for row in self.rows:
+            if not row.rules:
+                continue
+            lines.append(f"{row.name}:")
+            for rule, stat in row.rules.items():
+                lines.append(f"  {rule:<32} fired {stat['fired']}")
+                for reason, count in list(stat["refused"].items())[:6]:
+                    lines.append(f"      refused {count:>4}x  {reason}")
+        return "\n".join(lines) if lines else "(no rewrite rules ran)"
 
     def table(self) -> str:
         header = f"{'pass':<28} {'changed':>7} {'nodes':>6} {'params':>11} {'MFLOPs':>10} {'max|err|':>9} {'cosine':>9} {'sec':>6}"
