@@ -9,13 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from ...ir.graph import Node
+from ...ir.ops.nn import ACTIVATIONS
+from ...ir.ops.registry import get as get_op
 from ...ir.ops.registry import normalize_axis
 from .context import LowerContext, per_axis
-from .table import lowers
+from .table import LOWERINGS, lowers
+
+
+def apply_activation(ctx: LowerContext, node: Node, out: relax.Expr) -> relax.Expr:
+    """The node's fused ``activation`` attribute, lowered by the same entry as the standalone op."""
+    spec = ACTIVATIONS[node.attrs.get("activation", "none")]
+    if spec is None:
+        return out
+    op, attrs = spec
+    activation = Node(op, f"{node.name}.activation", [], get_op(op).check_attrs(attrs))
+    return LOWERINGS[op](ctx, activation, [ctx.emit(out)])
 
 CONV: dict[int, Callable[..., relax.Expr]] = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
 CONV_TRANSPOSE: dict[int, Callable[..., relax.Expr]] = {
@@ -52,7 +65,7 @@ def lower_conv(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax.E
     )
     if len(args) == 3:
         out = _add_channel_bias(ctx, ctx.emit(out), args[2], rank)
-    return out
+    return apply_activation(ctx, node, out)
 
 
 @lowers("nn.conv_transpose")
@@ -178,3 +191,32 @@ def lower_softmax(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> rela
 @lowers("nn.log_softmax")
 def lower_log_softmax(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax.Expr:
     return R.nn.log_softmax(args[0], axis=normalize_axis(node.attrs["axis"], ctx.rank_of(args[0])))
+
+
+@lowers("nn.linear")
+def lower_linear(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    out = R.matmul(args[0], args[1])
+    if len(args) == 3:
+        out = R.add(ctx.emit(out), args[2])
+    return apply_activation(ctx, node, out)
+
+
+@lowers("nn.attention")
+def lower_attention(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    query, key, value = args[:3]
+    rank = ctx.rank_of(query)
+    depth = ctx.shape_of(query)[-1]
+    scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / float(np.sqrt(int(depth)))
+    dtype = ctx.dtype_of(query)
+    key_t = R.permute_dims(key, list(range(rank - 2)) + [rank - 1, rank - 2])
+    scores = ctx.emit(R.multiply(ctx.emit(R.matmul(query, ctx.emit(key_t))), ctx.const(scale, dtype)))
+    lowest = ctx.const(float(np.finfo(dtype).min), dtype)
+    if node.attrs["causal"]:
+        rows, cols = (int(d) for d in ctx.shape_of(scores)[-2:])
+        keep = relax.const(np.tril(np.ones((rows, cols), dtype=bool)), "bool")
+        scores = ctx.emit(R.where(keep, scores, lowest))
+    if len(args) == 4:
+        mask = args[3]
+        scores = ctx.emit(R.where(mask, scores, lowest) if ctx.dtype_of(mask) == "bool" else R.add(scores, mask))
+    weights = ctx.emit(R.nn.softmax(scores, axis=-1))
+    return R.matmul(weights, value)

@@ -51,8 +51,42 @@ _CONV_ATTRS = {
     "groups": Attr("int", 1),
 }
 
+# Fused epilogues: an activation applied to a conv or linear output, named by the elementwise op
+# (and attributes) that computes it. The fusion passes produce them; the lowering applies the same op.
+ACTIVATIONS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "none": None,
+    "relu": ("math.relu", {}),
+    "relu6": ("math.clip", {"min": 0.0, "max": 6.0}),
+    "gelu": ("math.gelu", {"approximate": "none"}),
+    "gelu_tanh": ("math.gelu", {"approximate": "tanh"}),
+    "silu": ("math.silu", {}),
+    "sigmoid": ("math.sigmoid", {}),
+    "tanh": ("math.tanh", {}),
+    "hard_swish": ("math.hard_swish", {}),
+}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ShapeError(f"unknown activation '{name}'; known: {sorted(ACTIVATIONS)}")
+
+
+def apply_activation(x: np.ndarray, name: str) -> np.ndarray:
+    from .registry import get
+
+    spec = ACTIVATIONS[name]
+    if spec is None:
+        return x
+    op, attrs = spec
+    return get(op).run([x], get(op).check_attrs(attrs))[0]
+
+
+def _activation_flops(name: str, elements: int) -> int:
+    return 0 if name == "none" else 4 * elements
+
 
 def _conv_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    check_activation(attrs.get("activation", "none"))
     x, weight = inputs[0], inputs[1]
     rank = weight.rank - 2
     spatial = _spatial(x, rank)
@@ -83,7 +117,8 @@ def _windows(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], d
     return view[index]
 
 
-def _conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, strides, pads, dilations, groups) -> np.ndarray:
+def _conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, strides, pads, dilations, groups,
+                    activation: str = "none") -> np.ndarray:
     rank = weight.ndim - 2
     strides, dilations, pads = _window_attrs({"strides": strides, "pads": pads, "dilations": dilations}, rank)
     padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + rank]) for a in range(rank)])
@@ -102,17 +137,18 @@ def _conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None =
     ).reshape((batch, weight.shape[0]) + out_spatial)
     if bias is not None:
         out = out + bias.reshape((1, -1) + (1,) * rank)
-    return out.astype(x.dtype, copy=False)
+    return apply_activation(out.astype(x.dtype, copy=False), activation)
 
 
 def _conv_flops(inputs: list[TensorType], outputs: list[TensorType], attrs: dict[str, Any]) -> int:
     weight = inputs[1]
     per_output = 2 * int(np.prod([d for d in weight.shape[1:] if isinstance(d, int)]))
-    return outputs[0].numel * per_output + (outputs[0].numel if len(inputs) == 3 else 0)
+    return (outputs[0].numel * per_output + (outputs[0].numel if len(inputs) == 3 else 0)
+            + _activation_flops(attrs.get("activation", "none"), outputs[0].numel))
 
 
-define("nn.conv", _conv_infer, _conv_reference, inputs=(2, 3), attrs=_CONV_ATTRS, flops=_conv_flops,
-       doc="x (N, C, *S), weight (M, C/groups, *K), optional bias (M,).")
+define("nn.conv", _conv_infer, _conv_reference, inputs=(2, 3), attrs=dict(_CONV_ATTRS, activation=Attr("str", "none")),
+       flops=_conv_flops, doc="x (N, C, *S), weight (M, C/groups, *K), optional bias (M,), then the activation.")
 
 
 # ---- transposed convolution ----------------------------------------------------------------------
@@ -395,3 +431,87 @@ def _log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
 
 define("nn.softmax", _softmax_infer, _softmax_reference, attrs={"axis": Attr("int", -1)}, flops=flops_per_output(5))
 define("nn.log_softmax", _softmax_infer, _log_softmax_reference, attrs={"axis": Attr("int", -1)}, flops=flops_per_output(5))
+
+
+# ---- fused ops the fusion passes produce --------------------------------------------------------------
+
+def _linear_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    check_activation(attrs["activation"])
+    x, weight = inputs[0], inputs[1]
+    if weight.rank != 2 or x.rank < 1:
+        raise ShapeError(f"linear needs x (..., K) and a 2-d weight (K, N), got {x} and {weight}")
+    if isinstance(x.shape[-1], int) and x.shape[-1] != weight.shape[0]:
+        raise ShapeError(f"x {x.shape} and weight {weight.shape} disagree on K")
+    if len(inputs) == 3 and tuple(inputs[2].shape) != (weight.shape[1],):
+        raise ShapeError(f"bias {inputs[2].shape} must be ({weight.shape[1]},)")
+    if any(t.dtype != x.dtype for t in inputs):
+        raise ShapeError("x, weight and bias must share a dtype")
+    return x.with_shape(tuple(x.shape[:-1]) + (weight.shape[1],))
+
+
+def _linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *, activation: str) -> np.ndarray:
+    out = np.matmul(x, weight)
+    if bias is not None:
+        out = out + bias
+    return apply_activation(out.astype(x.dtype, copy=False), activation)
+
+
+def _linear_flops(inputs: list[TensorType], outputs: list[TensorType], attrs: dict[str, Any]) -> int:
+    k = inputs[1].shape[0]
+    elements = outputs[0].numel
+    return 2 * elements * (k if isinstance(k, int) else 1) + (elements if len(inputs) == 3 else 0) + _activation_flops(attrs["activation"], elements)
+
+
+define("nn.linear", _linear_infer, _linear_reference, inputs=(2, 3), attrs={"activation": Attr("str", "none")},
+       flops=_linear_flops, doc="activation(x @ weight + bias): x (..., K), weight (K, N), optional bias (N,).")
+
+
+def _attention_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    query, key, value = inputs[:3]
+    if not (query.rank == key.rank == value.rank >= 2):
+        raise ShapeError(f"query, key and value need the same rank >= 2: {query}, {key}, {value}")
+    if tuple(query.shape[:-2]) != tuple(key.shape[:-2]) or tuple(key.shape[:-2]) != tuple(value.shape[:-2]):
+        raise ShapeError(f"leading dims differ: {query.shape}, {key.shape}, {value.shape}")
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ShapeError(f"query {query.shape} / key {key.shape} / value {value.shape} do not fit")
+    if any(t.dtype != query.dtype for t in (key, value)) or query.dtype not in FLOAT_DTYPES:
+        raise ShapeError("query, key and value must share a float dtype")
+    if len(inputs) == 4:
+        from .registry import broadcast_shapes
+
+        mask = inputs[3]
+        scores = tuple(query.shape[:-1]) + (key.shape[-2],)
+        if broadcast_shapes(mask.shape, scores) != scores:
+            raise ShapeError(f"mask {mask.shape} does not broadcast to the scores {scores}")
+        if mask.dtype not in ("bool", query.dtype):
+            raise ShapeError(f"mask must be bool (True keeps) or {query.dtype} (added), got {mask.dtype}")
+    return query.with_shape(tuple(query.shape[:-1]) + (value.shape[-1],))
+
+
+def _attention_reference(query, key, value, mask=None, *, scale, causal) -> np.ndarray:
+    wide = np.float64
+    scale = 1.0 / np.sqrt(query.shape[-1]) if scale is None else scale
+    scores = np.matmul(query.astype(wide), np.swapaxes(key.astype(wide), -1, -2)) * scale
+    if causal:
+        rows, cols = scores.shape[-2:]
+        scores = np.where(np.tril(np.ones((rows, cols), dtype=bool)), scores, -np.inf)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+    with np.errstate(invalid="ignore"):  # fully masked rows give NaN, as in torch
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return np.matmul(weights, value.astype(wide)).astype(query.dtype)
+
+
+def _attention_flops(inputs: list[TensorType], outputs: list[TensorType], attrs: dict[str, Any]) -> int:
+    query, key, value = inputs[:3]
+    scores = query.numel // max(int(query.shape[-1]) if isinstance(query.shape[-1], int) else 1, 1) * (
+        key.shape[-2] if isinstance(key.shape[-2], int) else 1)
+    depth = query.shape[-1] if isinstance(query.shape[-1], int) else 1
+    return 2 * scores * depth + 5 * scores + 2 * scores * (value.shape[-1] if isinstance(value.shape[-1], int) else 1)
+
+
+define("nn.attention", _attention_infer, _attention_reference, inputs=(3, 4),
+       attrs={"scale": Attr("optional_float", None), "causal": Attr("bool", False)}, flops=_attention_flops,
+       doc="softmax(query @ key^T * scale [causal] [+ mask]) @ value over (..., S, D) tensors; "
+           "scale defaults to 1/sqrt(D); a bool mask keeps True, a float mask is added; causal is top-left aligned.")

@@ -150,3 +150,34 @@ def test_avg_pool_ceil_mode_never_counts_the_added_end_padding():
 def test_scalar_params_stay_rank_zero():
     graph = Graph()
     assert graph.add_param("c", np.array(2.0, "float32")).type == TensorType((), "float32")
+
+
+@pytest.mark.parametrize("activation,torch_fn", [
+    ("none", lambda t: t), ("relu", torch.relu), ("gelu", F.gelu), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh")),
+    ("silu", F.silu), ("relu6", F.relu6), ("hard_swish", F.hardswish), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
+])
+def test_linear_epilogues_match_torch(activation, torch_fn):
+    x, w, b = randn(2, 3, 8), randn(8, 5), randn(5)
+    got = run_op("nn.linear", [x], [w, b], activation=activation)
+    want = torch_fn(torch.from_numpy(x) @ torch.from_numpy(w) + torch.from_numpy(b)).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_conv_with_fused_activation_matches_torch():
+    x, w, b = randn(1, 3, 7, 7), randn(4, 3, 3, 3), randn(4)
+    got = run_op("nn.conv", [x], [w, b], pads=(1, 1, 1, 1), activation="relu6")
+    want = F.relu6(F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1)).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_attention_matches_torch_sdpa():
+    q, k, v = randn(2, 3, 5, 4), randn(2, 3, 7, 4), randn(2, 3, 7, 6)
+    t = [torch.from_numpy(a) for a in (q, k, v)]
+    np.testing.assert_allclose(run_op("nn.attention", [q, k, v]), F.scaled_dot_product_attention(*t).numpy(), rtol=RTOL, atol=ATOL)
+    mask = np.random.default_rng(1).random((2, 1, 5, 7)) > 0.3
+    mask[..., 0] = True
+    np.testing.assert_allclose(run_op("nn.attention", [q, k, v, mask], scale=0.25),
+                               F.scaled_dot_product_attention(*t, attn_mask=torch.from_numpy(mask), scale=0.25).numpy(), rtol=RTOL, atol=ATOL)
+    square = [randn(1, 2, 6, 4) for _ in range(3)]
+    np.testing.assert_allclose(run_op("nn.attention", square, causal=True),
+                               F.scaled_dot_product_attention(*[torch.from_numpy(a) for a in square], is_causal=True).numpy(), rtol=RTOL, atol=ATOL)
