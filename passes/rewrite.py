@@ -238,6 +238,7 @@ class RewriteContext:
         self.graph = graph
         self.before = before
         self.created: list[Node] = []
+        self.created_params: list[Value] = []
         self._builder = Builder(graph)
 
     def op(self, op: str, *inputs: Value, name: str | None = None, **attrs: AnyType) -> Value:
@@ -248,13 +249,17 @@ class RewriteContext:
 
     def ops(self, op: str, inputs: Sequence[Value], attrs: dict[str, AnyType] | None = None, name: str | None = None) -> list[Value]:
         if inputs and all(value in self.graph.params for value in inputs):
-            return self._builder.ops(op, inputs, attrs, name=name)  # folded to params
+            folded = self._builder.ops(op, inputs, attrs, name=name)  # folded to params
+            self.created_params.extend(value for value in folded if value in self.graph.params)
+            return folded
         node = self.graph.add_node(op, inputs, attrs or {}, name=name or self.before.name, before=self.before)
         self.created.append(node)
         return node.outputs
 
     def const(self, array: AnyType, name: str = "const", dtype: str | None = None) -> Value:
-        return self._builder.const(array, name=name, dtype=dtype)
+        value = self._builder.const(array, name=name, dtype=dtype)
+        self.created_params.append(value)
+        return value
 
 
 @dataclass
@@ -347,14 +352,18 @@ def _try_rule(graph: Graph, rule: Rule, node: Node, stat: RuleStats) -> tuple[li
     result = rule.rewrite(ctx, matched)
     if isinstance(result, Mismatch):
         stat.refused[result.reason] += 1
-        _discard(graph, ctx.created)
+        _discard(graph, ctx)
         return None
     replacements = [result] if isinstance(result, Value) else list(result)
     output_ids = {id(value) for value in graph.outputs}
     input_ids = {id(value) for value in graph.inputs}
     if any(id(old) in output_ids and id(new) in input_ids for old, new in zip(node.outputs, replacements)):
         stat.refused["would make a graph output a graph input directly (its name would change)"] += 1
-        _discard(graph, ctx.created)
+        _discard(graph, ctx)
+        return None
+    if any(id(old) in output_ids and id(new) in output_ids for old, new in zip(node.outputs, replacements)):
+        stat.refused["would merge two graph outputs into one value (a result name would be lost)"] += 1
+        _discard(graph, ctx)
         return None
     if len(replacements) != len(node.outputs):
         raise VerificationError(f"rule {rule.name} gave {len(replacements)} replacements for {len(node.outputs)} outputs of {node.name}")
@@ -424,10 +433,15 @@ def _remove_dead(graph: Graph, candidates: list[Node]) -> list[Node]:
     return removed
 
 
-def _discard(graph: Graph, created: list[Node]) -> None:
-    for node in reversed(created):
+def _discard(graph: Graph, ctx: RewriteContext) -> None:
+    """Undo what a refusing rule built: its nodes and constants, so a refusal changes nothing."""
+    for node in reversed(ctx.created):
         if all(not value.uses for value in node.outputs):
             graph.remove_node(node)
+    for value in ctx.created_params:
+        if value in graph.params and not value.uses:
+            del graph.params[value]
+            graph._names.discard(value.name)
 
 
 @dataclass

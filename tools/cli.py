@@ -75,6 +75,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     report = artifact.extras["report"]
     if not args.quiet:
         print(report.table())
+    if args.explain:
+        print("rewrite rules (fired, and why candidates were refused):")
+        print(report.explain())
     check = artifact.manifest.get("check")
     if check:
         print(f"compiled vs reference: max|err| {check['max_abs_error']:.3g}, cosine {check['cosine']:.6f}")
@@ -207,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--passes", default="cleanup", help="pipeline, e.g. 'cleanup' (see 'optc passes')")
     compile_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224 (repeatable)")
     compile_parser.add_argument("--no-check", action="store_true", help="skip the numerical checks against the reference")
+    compile_parser.add_argument("--explain", action="store_true",
+                                help="per rewrite rule: how often it fired and why it refused candidates")
     compile_parser.add_argument("-q", "--quiet", action="store_true", help="no progress or report")
     compile_parser.set_defaults(func=cmd_compile)
 

@@ -144,3 +144,31 @@ graph g(%x: float32[3]) {
     report = PassManager([RewritePass("identities", [MUL_BY_ONE])]).run(graph)
     assert report.rows[0].rules == {"mul_by_one": {"fired": 1, "refused": {}}}
     assert "mul_by_one                       fired 1" in report.explain()
+
+
+def test_two_outputs_are_never_merged_into_one_value():
+    graph = parse("""
+graph g(%x: float32[3]) {
+  param %one: float32[] = 1.0
+  %r: float32[3] = math.relu(%x) @r
+  %y: float32[3] = math.mul(%r, %one) @y
+  return %r, %y
+}""")
+    stats = {}
+    assert apply_rules(graph, [MUL_BY_ONE], stats) == 0
+    assert [value.name for value in graph.outputs] == ["r", "y"]
+    assert any("two graph outputs" in reason for reason in stats["mul_by_one"].refused)
+
+
+def test_a_refusing_rule_leaves_no_constants_behind():
+    def refuse_after_building(ctx, m):
+        ctx.const(np.zeros(3, "float32"), name="scratch")
+        ctx.op("math.add", m["x"], ctx.const(np.ones(3, "float32")))
+        return Mismatch("changed my mind")
+
+    graph = parse("graph g(%x: float32[3]) {\n  %y: float32[3] = math.relu(%x) @y\n  return %y\n}")
+    before = str(graph)
+    stats = {}
+    assert apply_rules(graph, [Rule("undecided", Op("math.relu", Any("x")), refuse_after_building)], stats) == 0
+    assert str(graph) == before
+    assert stats["undecided"].refused == {"changed my mind": 1}
