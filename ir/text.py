@@ -79,12 +79,24 @@ def _split_top(text: str) -> list[str]:
     return [part.strip() for part in parts]
 
 
+class _NonFinite(ast.NodeTransformer):
+    """``inf`` and ``nan`` as repr prints them, turned into constants literal_eval accepts."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in ("inf", "nan"):
+            return ast.copy_location(ast.Constant(float(node.id)), node)
+        return node
+
+
 def _parse_attrs(text: str) -> dict:
     if not text:
         return {}
-    call = ast.parse(f"f({text})", mode="eval").body
-    assert isinstance(call, ast.Call)
-    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    try:
+        call = _NonFinite().visit(ast.parse(f"f({text})", mode="eval")).body
+        assert isinstance(call, ast.Call)
+        return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    except (SyntaxError, ValueError, AssertionError) as error:
+        raise VerificationError(f"cannot parse attributes {{{text}}}: {error}") from None
 
 
 _NODE = re.compile(r"^(?P<outs>.+?) = (?P<op>[\w.]+)\((?P<ins>[^)]*)\)(?: \{(?P<attrs>.*)\})?(?: @(?P<name>[\w.\-/:]+))?$")

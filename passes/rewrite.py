@@ -126,7 +126,7 @@ class Any(Pattern):
 
     def match(self, value: Value, m: Match) -> Match | Mismatch:
         if self.dtype is not None and value.dtype != self.dtype:
-            return Mismatch(f"{value.name} is {value.dtype}, not {self.dtype}")
+            return Mismatch(f"needs {self.dtype}, found {value.dtype}")
         return self._bind(value, m)
 
 
@@ -141,9 +141,9 @@ class Param(Pattern):
     def match(self, value: Value, m: Match) -> Match | Mismatch:
         array = m.graph.params.get(value)
         if array is None:
-            return Mismatch(f"{value.name} is computed, not a constant")
+            return Mismatch("needs a constant, found a computed value" if value.producer else "needs a constant, found a graph input")
         if self.predicate is not None and not self.predicate(array):
-            return Mismatch(f"{value.name}: {self.why}")
+            return Mismatch(self.why)
         return self._bind(value, m)
 
 
@@ -176,8 +176,10 @@ class Op(Pattern):
 
     def match(self, value: Value, m: Match) -> Match | Mismatch:
         node = value.producer
-        if node is None or node.op != self.op:
-            return Mismatch(f"{value.name} is not produced by {self.op}")
+        if node is None:
+            return Mismatch(f"needs {self.op}, found a {'constant' if value in m.graph.params else 'graph input'}")
+        if node.op != self.op:
+            return Mismatch(f"needs {self.op}, found {node.op}")
         return self.match_node(node, value, m)
 
     def match_node(self, node: Node, value: Value, m: Match) -> Match | Mismatch:
@@ -185,10 +187,10 @@ class Op(Pattern):
             actual = node.attrs.get(key)
             ok = expected(actual) if callable(expected) else actual == expected
             if not ok:
-                return Mismatch(f"{node.name}: {key}={actual!r} does not fit")
+                return Mismatch(f"{node.op} with {key}={actual!r} does not fit")
         if self.inputs is not None:
             if len(node.inputs) != len(self.inputs):
-                return Mismatch(f"{node.name} has {len(node.inputs)} inputs, the pattern {len(self.inputs)}")
+                return Mismatch(f"{node.op} has {len(node.inputs)} inputs, the pattern {len(self.inputs)}")
             orders = [list(node.inputs)]
             if self.op in COMMUTATIVE and len(node.inputs) == 2:
                 orders.append(list(reversed(node.inputs)))
@@ -208,8 +210,7 @@ class Op(Pattern):
             m = result
         else:
             m = m._copy()
-        if self.name is not None:
-            m.nodes[self.name] = node
+        m.nodes[self.name if self.name is not None else f"#{id(self)}"] = node  # '#': unnamed, kept for checks
         return self._bind(value, m)
 
 
@@ -342,7 +343,7 @@ def _try_rule(graph: Graph, rule: Rule, node: Node, stat: RuleStats) -> tuple[li
     matched = rule.pattern.match_node(node, node.outputs[0], m)
     if isinstance(matched, Mismatch):
         # a candidate only counts as refused when its root op matched and something deeper did not
-        stat.refused[matched.reason if not matched.reason.startswith(node.name) else matched.reason[len(node.name) + 2:]] += 1
+        stat.refused[matched.reason] += 1
         return None
     shared = _shared_intermediates(rule.pattern, matched)
     if shared:
@@ -393,9 +394,9 @@ def _shared_intermediates(pattern: Pattern, m: Match) -> str | None:
     inside = {id(node) for node in m.nodes.values()} | {id(m.root)}
     outputs = {id(value) for value in m.graph.outputs}
     for op_pattern in _op_patterns(pattern):
-        if op_pattern.shared or op_pattern is pattern or op_pattern.name is None:
+        if op_pattern.shared or op_pattern is pattern:
             continue
-        node = m.nodes.get(op_pattern.name)
+        node = m.nodes.get(op_pattern.name if op_pattern.name is not None else f"#{id(op_pattern)}")
         if node is None:
             continue
         for value in node.outputs:

@@ -165,3 +165,14 @@ def test_flops_count_conv_and_matmul():
     matmul_flops = 2 * 10 * 64
     relu, pool = 4 * 8 * 8, 4 * 4 * 4 * 4
     assert graph.flops() == conv_flops + matmul_flops + relu + pool
+
+
+def test_text_form_round_trips_non_finite_attributes():
+    graph = Graph()
+    x = graph.add_input("x", TensorType((1, 1, 4, 4), "float32"))
+    graph.outputs = [graph.op("tensor.pad", x, pads=(0, 0, 1, 1, 0, 0, 1, 1), value=float("-inf"), name="pad")]
+    text = str(graph)
+    assert "value=-inf" in text
+    assert parse(text).nodes[0].attrs["value"] == float("-inf")
+    with pytest.raises(VerificationError, match="cannot parse attributes"):
+        parse(text.replace("value=-inf", "value=os.system"))
