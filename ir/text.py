@@ -123,7 +123,8 @@ def parse(text: str, params: Mapping[str, np.ndarray] | None = None) -> Graph:
             if params and name in params:
                 array = np.asarray(params[name])
             elif literal:
-                array = np.array(ast.literal_eval(literal), dtype=value_type.dtype).reshape(value_type.static_shape())
+                parsed = ast.literal_eval(_NonFinite().visit(ast.parse(literal.strip(), mode="eval")))
+                array = np.array(parsed, dtype=value_type.dtype).reshape(value_type.static_shape())
             else:
                 array = np.zeros(value_type.static_shape(), dtype=value_type.dtype)
             env[name] = graph.add_param(name, array)

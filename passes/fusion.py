@@ -415,11 +415,41 @@ def _activation_rules() -> list[Rule]:
     return rules
 
 
+def _move_activation_before_reshape(op: str, attrs: dict) -> Callable[[RewriteContext, Match], Folded]:
+    def rewrite(ctx: RewriteContext, m: Match) -> Folded:
+        layer = m["y"].producer
+        if layer is None or layer.op not in (CONV.op, LINEAR.op):
+            return Mismatch("the reshape does not follow a conv or linear layer")
+        if layer.attrs.get("activation", "none") != "none":
+            return Mismatch("the layer already has an activation")
+        if len(m["y"].uses) != 1 or any(m["y"] is out for out in ctx.graph.outputs):
+            return Mismatch("the layer output has other users")
+        return ctx.op("tensor.reshape", ctx.op(op, m["y"], **attrs), shape=m.node("reshape").attrs["shape"])
+
+    return rewrite
+
+
+def _activation_through_reshape_rules() -> list[Rule]:
+    """act(reshape(layer(x))) -> reshape(act(layer(x))): an elementwise op commutes with a reshape.
+
+    torch.export writes a linear over (B, S, D) as reshape -> addmm -> reshape, so the activation
+    sits behind a reshape; moving it in front lets the epilogue rules fuse it into the layer.
+    """
+    rules = []
+    for activation, spec in ACTIVATIONS.items():
+        if spec is not None:
+            op, attrs = spec
+            pattern = Op(op, Op("tensor.reshape", Any("y"), name="reshape"), attrs=attrs)
+            rules.append(Rule(f"{activation}_before_reshape", pattern, _move_activation_before_reshape(op, attrs)))
+    return rules
+
+
 _ADD = AFFINE_OPS[2]
 FUSE_EPILOGUES = RuleSet(
     [Rule("matmul_to_linear", MATMUL.pattern(Any("x")), matmul_to_linear)]
     + [_affine_rule(CONV, _ADD), _affine_rule(LINEAR, _ADD)]
     + _activation_rules()
+    + _activation_through_reshape_rules()
 )
 
 

@@ -210,7 +210,7 @@ def lower_attention(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> re
     dtype = ctx.dtype_of(query)
     key_t = R.permute_dims(key, list(range(rank - 2)) + [rank - 1, rank - 2])
     scores = ctx.emit(R.multiply(ctx.emit(R.matmul(query, ctx.emit(key_t))), ctx.const(scale, dtype)))
-    lowest = ctx.const(float(np.finfo(dtype).min), dtype)
+    lowest = ctx.const(float("-inf"), dtype)  # with the NaN guard below, fully masked rows give zeros
     if node.attrs["causal"]:
         rows, cols = (int(d) for d in ctx.shape_of(scores)[-2:])
         keep = relax.const(np.tril(np.ones((rows, cols), dtype=bool)), "bool")
@@ -219,4 +219,7 @@ def lower_attention(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> re
         mask = args[3]
         scores = ctx.emit(R.where(mask, scores, lowest) if ctx.dtype_of(mask) == "bool" else R.add(scores, mask))
     weights = ctx.emit(R.nn.softmax(scores, axis=-1))
+    if node.attrs["causal"] or len(args) == 4:
+        # softmax of a row of only -inf is NaN; such a query attends to nothing (torch SDPA: zeros)
+        weights = ctx.emit(R.where(R.isnan(weights), ctx.const(0.0, dtype), weights))
     return R.matmul(weights, value)

@@ -497,9 +497,10 @@ def _attention_reference(query, key, value, mask=None, *, scale, causal) -> np.n
         scores = np.where(np.tril(np.ones((rows, cols), dtype=bool)), scores, -np.inf)
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
-    with np.errstate(invalid="ignore"):  # fully masked rows give NaN, as in torch
+    with np.errstate(invalid="ignore"):
         weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
         weights = weights / weights.sum(axis=-1, keepdims=True)
+    weights = np.where(np.isnan(weights), 0.0, weights)  # a row with every key masked attends to nothing
     return np.matmul(weights, value.astype(wide)).astype(query.dtype)
 
 
@@ -514,4 +515,5 @@ def _attention_flops(inputs: list[TensorType], outputs: list[TensorType], attrs:
 define("nn.attention", _attention_infer, _attention_reference, inputs=(3, 4),
        attrs={"scale": Attr("optional_float", None), "causal": Attr("bool", False)}, flops=_attention_flops,
        doc="softmax(query @ key^T * scale [causal] [+ mask]) @ value over (..., S, D) tensors; "
-           "scale defaults to 1/sqrt(D); a bool mask keeps True, a float mask is added; causal is top-left aligned.")
+           "scale defaults to 1/sqrt(D); a bool mask keeps True, a float mask is added; causal is top-left aligned; "
+           "a query whose every key is masked gets zeros (as torch SDPA gives).")

@@ -312,6 +312,8 @@ NN: dict[str, Case] = {
     "nn.attention": lambda s: s.op("nn.attention", s.input((2, 3, 5, 4)), s.input((2, 3, 7, 4)), s.input((2, 3, 7, 6))),
     "nn.attention/bool-mask-scale": lambda s: s.op("nn.attention", s.input((1, 2, 4, 4)), s.input((1, 2, 6, 4)), s.input((1, 2, 6, 4)),
                                                    s.param(np.tril(np.ones((4, 6), bool), k=2)[None, None]), scale=0.3),
+    "nn.attention/fully-masked-row-gives-zeros": lambda s: s.op("nn.attention", s.input((1, 1, 3, 4)), s.input((1, 1, 5, 4)), s.input((1, 1, 5, 2)),
+                                                                 s.param(np.array([[[[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]]]], bool))),
     "nn.attention/causal-additive-mask": lambda s: s.op("nn.attention", s.input((2, 5, 8)), s.input((2, 5, 8)), s.input((2, 5, 8)),
                                                         s.input((1, 5, 5)), causal=True),
     "nn.softmax": lambda s: s.op("nn.softmax", s.input((2, 3, 5)), axis=1),

@@ -181,3 +181,25 @@ def test_attention_matches_torch_sdpa():
     square = [randn(1, 2, 6, 4) for _ in range(3)]
     np.testing.assert_allclose(run_op("nn.attention", square, causal=True),
                                F.scaled_dot_product_attention(*[torch.from_numpy(a) for a in square], is_causal=True).numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_attention_row_with_every_key_masked_gives_zeros_like_torch():
+    q, k, v = randn(1, 1, 3, 4), randn(1, 1, 5, 4), randn(1, 1, 5, 2)
+    mask = np.ones((1, 1, 3, 5), bool)
+    mask[0, 0, 1] = False
+    got = run_op("nn.attention", [q, k, v, mask])
+    want = F.scaled_dot_product_attention(*[torch.from_numpy(a) for a in (q, k, v)], attn_mask=torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert np.all(got[0, 0, 1] == 0)
+    additive = np.where(mask, 0.0, -np.inf).astype("float32")
+    np.testing.assert_allclose(run_op("nn.attention", [q, k, v, additive]), got, rtol=RTOL, atol=ATOL)
+
+
+def test_scalar_params_with_infinity_round_trip_through_text():
+    from optc.ir import parse
+
+    graph = Graph()
+    x = graph.add_input("x", TensorType((2,), "float32"))
+    graph.outputs = [graph.op("math.maximum", x, graph.add_param("low", np.array(-np.inf, "float32")))]
+    again = parse(str(graph))
+    assert next(iter(again.params.values())) == -np.inf

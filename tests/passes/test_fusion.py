@@ -726,3 +726,24 @@ def test_fused_graph_compiles_to_the_same_results():
     for name in reference:
         np.testing.assert_allclose(compiled_original[name], reference[name], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(compiled_fused[name], reference[name], rtol=1e-4, atol=1e-4)
+
+
+def test_activation_behind_a_reshape_fuses_into_the_linear():
+    rng = np.random.default_rng(7)
+    graph = parse("""
+graph g(%x: float32[2,3,8]) {
+  param %w: float32[8,6]
+  param %b: float32[6]
+  %flat: float32[6,8] = tensor.reshape(%x) {shape=(6, 8)} @flat
+  %lin: float32[6,6] = nn.linear(%flat, %w, %b) @lin
+  %back: float32[2,3,6] = tensor.reshape(%lin) {shape=(2, 3, 6)} @back
+  %y: float32[2,3,6] = math.gelu(%back) @y
+  return %y
+}""", params={"w": rng.standard_normal((8, 6)).astype("float32"), "b": rng.standard_normal(6).astype("float32")})
+    feeds = {"x": rng.standard_normal((2, 3, 8)).astype("float32")}
+    expected = interpret(graph, feeds)["y"]
+    assert fuse_epilogues(verify_each=True)(graph)
+    assert [node.op for node in graph.nodes] == ["tensor.reshape", "nn.linear", "tensor.reshape"]
+    assert graph.nodes[1].attrs["activation"] == "gelu" and graph.outputs[0].name == "y"
+    np.testing.assert_allclose(interpret(graph, feeds)["y"], expected, rtol=1e-5, atol=1e-6)
+    assert not fuse_epilogues()(graph)
