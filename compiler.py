@@ -20,7 +20,7 @@ from .ir.verify import verify
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PIPELINE = "cleanup"
+DEFAULT_PIPELINE = "cleanup,fuse"
 
 Progress = Callable[[str], None]
 

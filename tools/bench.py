@@ -27,11 +27,15 @@ from ..errors import InputError, OptcError
 
 @dataclass
 class SystemSpec:
-    name: str  # "optc", "ort", "torch"
+    name: str  # what the table shows: "optc", "optc[cleanup]", "ort", "torch"
+    kind: str = ""  # "optc", "ort" or "torch"; defaults to the name
     artifact: str | None = None
     onnx: str | None = None
     example: str | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
 
 
 @dataclass
@@ -53,13 +57,13 @@ def _set_threads(threads: int | None) -> None:
 
 def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Callable[[], Any], str]:
     """A zero-argument callable that runs the model once, and a note describing the system."""
-    if spec.name == "optc":
+    if spec.kind == "optc":
         from ..backends.artifact import load_artifact
 
         artifact = load_artifact(spec.artifact)
         runner = artifact.compiled.runner(feeds)
         return runner, f"target {artifact.target}"
-    if spec.name == "ort":
+    if spec.kind == "ort":
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -70,7 +74,7 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
         names = {item.name for item in session.get_inputs()}
         ort_feeds = {name: array for name, array in feeds.items() if name in names}
         return (lambda: session.run(None, ort_feeds)), f"onnxruntime {ort.__version__}"
-    if spec.name == "torch":
+    if spec.kind == "torch":
         import torch
 
         from . import zoo
@@ -85,7 +89,7 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
                 return module(*tensors)
 
         return run_torch, f"torch {torch.__version__} eager"
-    raise InputError(f"unknown system {spec.name}")
+    raise InputError(f"unknown system {spec.kind}")
 
 
 def _worker(connection: Any, spec: SystemSpec, feeds_path: str) -> None:
@@ -181,17 +185,18 @@ def measure(specs: list[SystemSpec], feeds: dict[str, np.ndarray], repeat: int, 
 
 
 def format_table(results: list[SystemResult]) -> str:
-    optc = next((r for r in results if r.name == "optc" and r.runs), None)
-    lines = [f"{'system':<8} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}  {'optc speedup':>12}  note"]
+    optc = next((r for r in results if r.name.startswith("optc") and r.runs), None)
+    width = max([8] + [len(r.name) for r in results])
+    lines = [f"{'system':<{width}} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}  {'optc speedup':>12}  note"]
     for result in results:
         if not result.runs:
-            lines.append(f"{result.name:<8} {'-':>10} {'-':>9} {'-':>9} {0:>5}  {'-':>12}  {result.note}")
+            lines.append(f"{result.name:<{width}} {'-':>10} {'-':>9} {'-':>9} {0:>5}  {'-':>12}  {result.note}")
             continue
         ratio = f"{result.median_ms / optc.median_ms:.2f}x" if optc else "-"
         lines.append(
-            f"{result.name:<8} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} {result.runs:>5}  {ratio:>12}  {result.note}"
+            f"{result.name:<{width}} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} {result.runs:>5}  {ratio:>12}  {result.note}"
         )
-    lines.append("optc speedup = that system's median / optc's median (above 1: optc is faster)")
+    lines.append(f"optc speedup = that system's median / {optc.name if optc else 'optc'}'s median (above 1: optc is faster)")
     return "\n".join(lines)
 
 
@@ -208,19 +213,23 @@ def main_from_cli(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.example):
         raise InputError("give either a MODEL (.onnx file or artifact directory) or --example NAME")
     threads = args.threads or os.cpu_count()
+    pipelines = args.passes or [compiler.DEFAULT_PIPELINE]
     with tempfile.TemporaryDirectory(prefix="optc-bench-") as scratch:
         onnx_path = None
         example = args.example
+        artifacts = []
         if example:
             from . import zoo
 
             if example not in zoo.names():
                 raise InputError(f"unknown example '{example}'; examples: {', '.join(zoo.names())}")
             module, example_inputs = zoo.build(example)
-            say(f"compiling example {example} with optc ({args.passes})")
-            artifact = compiler.compile(module, target=args.target, passes=args.passes, output=Path(scratch) / "artifact",
-                                        example_inputs=example_inputs, input_names=zoo.input_names(example),
-                                        output_names=zoo.output_names(example), check=False, progress=say)
+            for index, pipeline in enumerate(pipelines):
+                say(f"compiling example {example} with optc ({pipeline})")
+                artifacts.append(compiler.compile(
+                    module, target=args.target, passes=pipeline, output=Path(scratch) / f"artifact{index}",
+                    example_inputs=example_inputs, input_names=zoo.input_names(example),
+                    output_names=zoo.output_names(example), check=False, progress=say))
             if "ort" in peers:
                 onnx_path = str(Path(scratch) / f"{example}.onnx")
                 say("exporting the same model to ONNX for onnxruntime")
@@ -230,16 +239,22 @@ def main_from_cli(args: argparse.Namespace) -> int:
             if model.is_dir():
                 from ..backends.artifact import load_artifact
 
-                artifact = load_artifact(model)
-                source = Path(str(artifact.manifest.get("source", "")))
+                artifacts.append(load_artifact(model))
+                pipelines = [str(artifacts[0].manifest.get("pipeline"))]
+                source = Path(str(artifacts[0].manifest.get("source", "")))
                 onnx_path = str(source) if source.suffix == ".onnx" and source.is_file() else None
             else:
-                say(f"compiling {model} with optc ({args.passes})")
-                artifact = compiler.compile(model, target=args.target, passes=args.passes, output=Path(scratch) / "artifact",
-                                            input_shapes=parse_shapes(args.shape), check=False, progress=say)
+                for index, pipeline in enumerate(pipelines):
+                    say(f"compiling {model} with optc ({pipeline})")
+                    artifacts.append(compiler.compile(
+                        model, target=args.target, passes=pipeline, output=Path(scratch) / f"artifact{index}",
+                        input_shapes=parse_shapes(args.shape), check=False, progress=say))
                 onnx_path = str(model)
-        feeds = sample_inputs(artifact.graph, seed=0)
-        specs = [SystemSpec("optc", artifact=str(artifact.path), threads=threads)]
+        feeds = sample_inputs(artifacts[0].graph, seed=0)
+        specs = [
+            SystemSpec("optc" if len(artifacts) == 1 else f"optc[{pipeline}]", kind="optc", artifact=str(artifact.path), threads=threads)
+            for pipeline, artifact in zip(pipelines, artifacts)
+        ]
         skipped = []
         for peer in peers:
             if peer == "ort":
@@ -256,15 +271,15 @@ def main_from_cli(args: argparse.Namespace) -> int:
             say(f"skipping {note}")
         say(f"measuring {', '.join(s.name for s in specs)}: {args.warmup} warmup + {args.repeat} interleaved runs each, {threads} threads")
         results = measure(specs, feeds, args.repeat, args.warmup, progress=say)
-    print(f"model: {example or args.model}  target: {args.target}  passes: {args.passes}  threads: {threads}  "
+    print(f"model: {example or args.model}  target: {args.target}  passes: {' | '.join(pipelines)}  threads: {threads}  "
           f"load avg: {os.getloadavg()[0]:.2f}")
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "model": example or str(args.model), "target": args.target, "passes": args.passes, "threads": threads,
+            "model": example or str(args.model), "target": args.target, "passes": pipelines, "threads": threads,
             "date": time.strftime("%Y-%m-%d"), "results": [asdict(r) for r in results],
         }, indent=1))
-    if not any(r.name == "optc" and r.runs for r in results):
+    if not any(r.name.startswith("optc") and r.runs for r in results):
         raise OptcError("optc itself could not be measured (see the message above)")
     return 0
 

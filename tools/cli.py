@@ -70,7 +70,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         model = args.model
         options = dict(input_shapes=parse_shapes(args.shape))
     artifact = compiler.compile(
-        model, target=args.target, passes=args.passes, output=args.output, check=not args.no_check, progress=say, **options
+        model, target=args.target, passes=args.passes or compiler.DEFAULT_PIPELINE, output=args.output, check=not args.no_check, progress=say, **options
     )
     report = artifact.extras["report"]
     if not args.quiet:
@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--example", help="an embedded example model instead of a file (see 'optc examples')")
     compile_parser.add_argument("--target", default="cpu", help="target name (default: cpu)")
     compile_parser.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    compile_parser.add_argument("--passes", default="cleanup", help="pipeline, e.g. 'cleanup' (see 'optc passes')")
+    compile_parser.add_argument("--passes", default=None,
+                                help="pipeline, e.g. 'cleanup,fuse' (the default; see 'optc passes')")
     compile_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224 (repeatable)")
     compile_parser.add_argument("--no-check", action="store_true", help="skip the numerical checks against the reference")
     compile_parser.add_argument("--explain", action="store_true",
@@ -231,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("model", nargs="?", help="an .onnx file or an artifact directory")
     bench_parser.add_argument("--example", help="an embedded example model (enables the torch peer)")
     bench_parser.add_argument("--target", default="cpu")
-    bench_parser.add_argument("--passes", default="cleanup")
+    bench_parser.add_argument("--passes", action="append",
+                              help="optc pipeline (repeat it to time several pipelines in the same run; default: cleanup,fuse)")
     bench_parser.add_argument("--vs", default="ort,torch", help="peers: ort, torch (comma separated; '' for none)")
     bench_parser.add_argument("--repeat", type=int, default=20, help="timed runs per system (default 20)")
     bench_parser.add_argument("--warmup", type=int, default=3)

@@ -66,7 +66,9 @@ def test_compile_writes_a_complete_artifact(artifact):
     assert set(manifest["files"]) >= {"graph.json", "graph.safetensors"}
     assert any(name.endswith(".so") for name in manifest["files"])
     assert manifest["check"]["max_abs_error"] < 1e-4
-    assert manifest["pipeline"] == "cleanup" and manifest["report"]["passes"][0]["name"] == "cleanup"
+    assert manifest["pipeline"] == "cleanup,fuse"
+    assert [row["name"] for row in manifest["report"]["passes"]] == ["cleanup", "fuse"]
+    assert manifest["report"]["passes"][1]["rules"]  # the explain stats travel with the artifact
     assert "apache-tvm" in manifest["tools"]
     assert not list(artifact.parent.glob(".*staging*"))
 
@@ -194,3 +196,11 @@ def test_console_script_reports_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("optc: error:") and "not an optc artifact" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_explain_says_what_fused_and_why_not(model_file, tmp_path, capsys):
+    assert main(["compile", str(model_file), "-o", str(tmp_path / "art"), "--explain", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "rewrite rules" in out
+    assert "fuse_epilogues.conv_relu_to_conv" in out and "fired 1" in out  # conv -> relu fused
+    assert "fuse_epilogues.matmul_to_linear" in out
