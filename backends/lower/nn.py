@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from tvm import relax, te, tirx
+from tvm import relax, te, tirx, topi
 from tvm.relax import op as R
 
 from ...ir.graph import Node
@@ -203,23 +203,50 @@ def lower_linear(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax
 
 @lowers("nn.attention")
 def lower_attention(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> relax.Expr:
-    query, key, value = args[:3]
-    rank = ctx.rank_of(query)
-    depth = ctx.shape_of(query)[-1]
+    """The whole attention block as one TE computation, so it becomes one kernel (one PrimFunc)."""
+    depth = ctx.shape_of(args[0])[-1]
     scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / float(np.sqrt(int(depth)))
-    dtype = ctx.dtype_of(query)
-    key_t = R.permute_dims(key, list(range(rank - 2)) + [rank - 1, rank - 2])
-    scores = ctx.emit(R.multiply(ctx.emit(R.matmul(query, ctx.emit(key_t))), ctx.const(scale, dtype)))
-    lowest = ctx.const(float("-inf"), dtype)  # with the NaN guard below, fully masked rows give zeros
-    if node.attrs["causal"]:
-        rows, cols = (int(d) for d in ctx.shape_of(scores)[-2:])
-        keep = relax.const(np.tril(np.ones((rows, cols), dtype=bool)), "bool")
-        scores = ctx.emit(R.where(keep, scores, lowest))
-    if len(args) == 4:
-        mask = args[3]
-        scores = ctx.emit(R.where(mask, scores, lowest) if ctx.dtype_of(mask) == "bool" else R.add(scores, mask))
-    weights = ctx.emit(R.nn.softmax(scores, axis=-1))
-    if node.attrs["causal"] or len(args) == 4:
+    return ctx.emit_te(_attention_te, *args, scale=scale, causal=node.attrs["causal"], name="attention")
+
+
+def _attention_te(query: te.Tensor, key: te.Tensor, value: te.Tensor, mask: te.Tensor | None = None, *,
+                  scale: float, causal: bool) -> te.Tensor:
+    """softmax(query @ key^T * scale [causal] [mask]) @ value; a fully masked query gets zeros."""
+    dtype = query.dtype
+    *batch, queries, depth = query.shape
+    keys, value_depth = key.shape[-2], value.shape[-1]
+    lowest = tirx.const(float("-inf"), dtype)
+    inner = te.reduce_axis((0, depth), name="d")
+
+    def score(*index):
+        *b, i, j = index
+        return te.sum(query[(*b, i, inner)] * key[(*b, j, inner)] * tirx.const(scale, dtype), axis=inner)
+
+    scores = te.compute((*batch, queries, keys), score, name="scores")
+
+    def masked(*index):
+        *b, i, j = index
+        result = scores[index]
+        if causal:
+            result = tirx.if_then_else(j > i, lowest, result)
+        if mask is not None:
+            offset = len(index) - len(mask.shape)
+            mask_index = tuple(0 if int(mask.shape[axis]) == 1 else index[axis + offset] for axis in range(len(mask.shape)))
+            entry = mask[mask_index]
+            result = tirx.if_then_else(entry, result, lowest) if mask.dtype == "bool" else result + entry
+        return result
+
+    if causal or mask is not None:
+        scores = te.compute(scores.shape, masked, name="masked_scores")
+    weights = topi.nn.softmax(scores, axis=-1)
+    if causal or mask is not None:
         # softmax of a row of only -inf is NaN; such a query attends to nothing (torch SDPA: zeros)
-        weights = ctx.emit(R.where(R.isnan(weights), ctx.const(0.0, dtype), weights))
-    return R.matmul(weights, value)
+        weights = te.compute(weights.shape, lambda *index: tirx.if_then_else(
+            tirx.isnan(weights[index]), tirx.const(0, dtype), weights[index]), name="guarded_weights")
+    reduce_keys = te.reduce_axis((0, keys), name="k")
+
+    def attend(*index):
+        *b, i, c = index
+        return te.sum(weights[(*b, i, reduce_keys)] * value[(*b, reduce_keys, c)], axis=reduce_keys)
+
+    return te.compute((*batch, queries, value_depth), attend, name="attention")
