@@ -21,6 +21,7 @@ Patterns:
   predicate. ``math.add``, ``math.mul``, ``math.maximum`` and ``math.minimum`` match both input
   orders. Naming an ``Op`` captures its output value under that name and its node as
   ``m.node(name)``.
+- ``OneOf(Op(...), Op(...))`` matches the first alternative that fits (forms of one computation).
 - A value captured twice under one name must be the same value (``x * sigmoid(x)``).
 - Nodes matched below the root must have no users outside the match, unless the ``Op`` says
   ``shared=True``; otherwise fusing would compute them twice.
@@ -214,6 +215,35 @@ class Op(Pattern):
         return self._bind(value, m)
 
 
+class OneOf(Op):
+    """The first of several ``Op`` patterns that matches the value.
+
+    As a rule's root every alternative must have the same op. It is an ``Op`` whose inputs are the
+    alternatives so that the engine's check for intermediates read outside the match walks the
+    named nodes of every alternative (alternatives share names only for the same role).
+    """
+
+    def __init__(self, *alternatives: Op) -> None:
+        ops = sorted({alternative.op for alternative in alternatives})
+        super().__init__("|".join(ops), *alternatives)
+        self.alternatives = list(alternatives)
+
+    def match(self, value: Value, m: Match) -> Match | Mismatch:
+        # the reason of an alternative whose own op matched says more than "needs math.div, found ..."
+        deeper: list[Mismatch] = []
+        shallow: list[Mismatch] = []
+        for alternative in self.alternatives:
+            result = alternative.match(value, m._copy())
+            if not isinstance(result, Mismatch):
+                return result
+            root_matched = value.producer is not None and value.producer.op == alternative.op
+            (deeper if root_matched else shallow).append(result)
+        return (deeper or shallow)[0]
+
+    def match_node(self, node: Node, value: Value, m: Match) -> Match | Mismatch:
+        return self.match(value, m)
+
+
 # ---- rules ----------------------------------------------------------------------------------------------
 
 Rewrite = Callable[["RewriteContext", Match], "Value | Sequence[Value] | Mismatch"]
@@ -226,6 +256,13 @@ class Rule:
     name: str
     pattern: Op
     rewrite: Rewrite
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pattern, OneOf):
+            if "|" in self.pattern.op:
+                raise ValueError(f"rule {self.name}: the alternatives at the root must share one op, not {self.pattern.op}")
+            for alternative in self.pattern.alternatives:
+                alternative.shared = True  # it matches the root, which the rewrite replaces
 
     @property
     def root_op(self) -> str:

@@ -187,16 +187,17 @@ def measure(specs: list[SystemSpec], feeds: dict[str, np.ndarray], repeat: int, 
 def format_table(results: list[SystemResult]) -> str:
     optc = next((r for r in results if r.name.startswith("optc") and r.runs), None)
     width = max([8] + [len(r.name) for r in results])
-    lines = [f"{'system':<{width}} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}  {'optc speedup':>12}  note"]
+    lines = [f"{'system':<{width}} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}  {'ratio':>8}  note"]
     for result in results:
         if not result.runs:
-            lines.append(f"{result.name:<{width}} {'-':>10} {'-':>9} {'-':>9} {0:>5}  {'-':>12}  {result.note}")
+            lines.append(f"{result.name:<{width}} {'-':>10} {'-':>9} {'-':>9} {0:>5}  {'-':>8}  {result.note}")
             continue
         ratio = f"{result.median_ms / optc.median_ms:.2f}x" if optc else "-"
         lines.append(
-            f"{result.name:<{width}} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} {result.runs:>5}  {ratio:>12}  {result.note}"
+            f"{result.name:<{width}} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} {result.runs:>5}  {ratio:>8}  {result.note}"
         )
-    lines.append(f"optc speedup = that system's median / {optc.name if optc else 'optc'}'s median (above 1: optc is faster)")
+    reference = optc.name if optc else "optc"
+    lines.append(f"ratio = that system's median / {reference}'s median (above 1: {reference} is faster)")
     return "\n".join(lines)
 
 

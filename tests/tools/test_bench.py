@@ -28,4 +28,4 @@ def test_measure_reports_a_broken_peer_and_still_times_optc(tmp_path):
     assert by_name["optc"].runs == 3 and by_name["optc"].median_ms > 0
     assert by_name["ort"].runs == 0 and by_name["ort"].note.startswith("failed:")
     table = format_table(results)
-    assert "1.00x" in table and "failed" in table
+    assert "1.00x" in table and "failed" in table and "ratio" in table
