@@ -38,6 +38,7 @@ def interpret(graph: Graph, feeds: Mapping[str, np.ndarray], keep: bool = False)
     Intermediates are freed after their last use otherwise.
     """
     checked = check_inputs(graph, feeds)
+    bindings = _bind_symbols(graph, checked)
     env: dict[int, np.ndarray] = {id(v): checked[v.name] for v in graph.inputs}
     env.update({id(v): array for v, array in graph.params.items()})
     remaining = {id(v): len(v.uses) for node in graph.nodes for v in node.inputs}
@@ -46,7 +47,7 @@ def interpret(graph: Graph, feeds: Mapping[str, np.ndarray], keep: bool = False)
     for node in graph.nodes:
         arrays = [env[id(v)] for v in node.inputs]
         try:
-            results = node.opdef.run(arrays, node.attrs)
+            results = node.opdef.run(arrays, _bound_attrs(node, bindings) if bindings else node.attrs)
         except OptcError:
             raise
         except Exception as error:  # a reference failing on real data is reported with the node
@@ -68,6 +69,29 @@ def interpret(graph: Graph, feeds: Mapping[str, np.ndarray], keep: bool = False)
     if keep:
         results.update({name: env[key] for key, name in names.items() if key in env})
     return results
+
+
+def _bind_symbols(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Sizes of the symbolic dims of the inputs, read off the feeds."""
+    bindings: dict[str, int] = {}
+    for value in graph.inputs:
+        for dim, size in zip(value.shape, feeds[value.name].shape):
+            if isinstance(dim, str):
+                if bindings.setdefault(dim, int(size)) != size:
+                    raise InputError(f"dim '{dim}' is {bindings[dim]} in one input but {size} in input '{value.name}'")
+    return bindings
+
+
+def _bound_attrs(node, bindings: Mapping[str, int]) -> dict:
+    """The node's attributes with bound symbols substituted into shape-valued (``dims``) ones."""
+    schema = node.opdef.attrs
+    if not any(spec.kind == "dims" for spec in schema.values()):
+        return node.attrs
+    return {
+        key: tuple(bindings.get(dim, dim) if isinstance(dim, str) else dim for dim in value)
+        if schema[key].kind == "dims" and value is not None else value
+        for key, value in node.attrs.items()
+    }
 
 
 def sample_inputs(graph: Graph, seed: int = 0, bindings: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:

@@ -176,3 +176,15 @@ def test_text_form_round_trips_non_finite_attributes():
     assert parse(text).nodes[0].attrs["value"] == float("-inf")
     with pytest.raises(VerificationError, match="cannot parse attributes"):
         parse(text.replace("value=-inf", "value=os.system"))
+
+
+def test_interpreter_binds_symbolic_dims_for_expand_and_reshape():
+    graph = Graph()
+    x = graph.add_input("x", TensorType(("batch", 3), "float32"))
+    token = graph.add_param("token", np.arange(3, dtype="float32").reshape(1, 3))
+    expanded = graph.op("tensor.expand", token, shape=("batch", 3))
+    joined = graph.op("math.add", x, expanded)
+    graph.outputs = [graph.op("tensor.reshape", joined, shape=("batch", 3, 1))]
+    out = interpret(graph, {"x": np.zeros((4, 3), "float32")})[graph.outputs[0].name]
+    assert out.shape == (4, 3, 1)
+    np.testing.assert_array_equal(out[:, :, 0], np.tile(np.arange(3, dtype="float32"), (4, 1)))
