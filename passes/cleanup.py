@@ -4,19 +4,19 @@
 
     graph g(%x: float32[2,3]) {
       param %a: float32[3] = [1.0, 1.0, 1.0]
-      param %b: float32[3] = [1.0, 1.0, 1.0]
-      %s: float32[3] = math.sqrt(%a) @sqrt
+      param %one: float32[] = 1.0
+      %s: float32[] = math.sqrt(%one) @sqrt
       %m: float32[2,3] = math.mul(%x, %s) @mul
       %t: float32[3,2] = tensor.transpose(%m) {perm=(1, 0)} @t1
       %u: float32[2,3] = tensor.transpose(%t) {perm=(1, 0)} @t2
-      %p: float32[2,3] = math.add(%u, %b) @p
+      %p: float32[2,3] = math.add(%u, %a) @p
       %q: float32[2,3] = math.add(%x, %a) @q
       %y: float32[2,3] = math.sub(%p, %q) @y
       return %y
     }
 
-after (``sqrt`` ran at compile time, ``* 1`` and the transpose pair went away, ``%b`` became
-``%a`` and then ``%p`` and ``%q`` were the same computation)::
+after (``sqrt`` ran at compile time, ``* 1`` and the transpose pair went away, and then ``%p``
+and ``%q`` were the same computation)::
 
     graph g(%x: float32[2,3]) {
       param %a: float32[3] = [1.0, 1.0, 1.0]
@@ -50,7 +50,10 @@ from .rewrite import COMMUTATIVE, Any as AnyValue, Const, Match, Mismatch, Op, R
 logger = logging.getLogger(__name__)
 
 DEFAULT_FOLD_LIMIT = 1 << 22  # elements a folded result may have
-DEFAULT_DEDUPLICATE_LIMIT = 1 << 20  # elements of the largest param compared for deduplication
+# Params merged by value: only scalars by default. Two weights that happen to be equal (fresh
+# LayerNorm ones, zero biases) are different parameters of the model; merging them would tie
+# them when the graph is exported for fine-tuning. cse(param_limit=N) merges larger ones too.
+DEFAULT_DEDUPLICATE_LIMIT = 1
 
 
 def _is_output(graph: Graph, value: Value) -> bool:

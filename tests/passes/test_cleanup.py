@@ -20,7 +20,7 @@ RTOL, ATOL = 1e-5, 1e-6
 # ---- common subexpressions ----------------------------------------------------------------------------------------
 
 def test_cse_merges_equal_params_and_commuted_nodes():
-    check_rewrite(EliminateCommonSubexpressions(), """
+    check_rewrite(EliminateCommonSubexpressions(param_limit=1 << 20), """
         graph g(%x: float32[2]) {
           param %a: float32[2] = [1.0, 2.0]
           param %b: float32[2] = [1.0, 2.0]
@@ -112,7 +112,7 @@ def test_cse_compares_only_params_up_to_the_limit():
           return %p, %q
         }""", changes=False)
     assert len(graph.params) == 2
-    check_rewrite(EliminateCommonSubexpressions(), graph)
+    check_rewrite(EliminateCommonSubexpressions(param_limit=3), graph)
     assert len(graph.params) == 1
 
 
@@ -293,12 +293,12 @@ def test_cleanup_docstring_example():
     check_rewrite(Cleanup(), """
         graph g(%x: float32[2,3]) {
           param %a: float32[3] = [1.0, 1.0, 1.0]
-          param %b: float32[3] = [1.0, 1.0, 1.0]
-          %s: float32[3] = math.sqrt(%a) @sqrt
+          param %one: float32[] = 1.0
+          %s: float32[] = math.sqrt(%one) @sqrt
           %m: float32[2,3] = math.mul(%x, %s) @mul
           %t: float32[3,2] = tensor.transpose(%m) {perm=(1, 0)} @t1
           %u: float32[2,3] = tensor.transpose(%t) {perm=(1, 0)} @t2
-          %p: float32[2,3] = math.add(%u, %b) @p
+          %p: float32[2,3] = math.add(%u, %a) @p
           %q: float32[2,3] = math.add(%x, %a) @q
           %y: float32[2,3] = math.sub(%p, %q) @y
           return %y
@@ -496,3 +496,21 @@ def test_random_graphs_exercise_every_part_of_cleanup(cleaned_random_graphs):
     fired = set().union(*(rules for *_, rules in cleaned_random_graphs))
     expected = {"fold_constants", "merge_common_subexpressions", "remove_dead_code"} | {rule.name for rule in IDENTITY_RULES}
     assert expected <= fired, f"never fired: {sorted(expected - fired)}"
+
+
+def test_cse_keeps_equal_weights_apart_by_default():
+    """Two layer norms whose scales happen to be equal stay two trainable parameters."""
+    graph = parse("""
+graph g(%x: float32[2,4]) {
+  param %scale1: float32[4] = [1.0, 1.0, 1.0, 1.0]
+  param %scale2: float32[4] = [1.0, 1.0, 1.0, 1.0]
+  param %half: float32[] = 0.5
+  param %half2: float32[] = 0.5
+  %a: float32[2,4] = nn.layer_norm(%x, %scale1) @a
+  %b: float32[2,4] = nn.layer_norm(%a, %scale2) @b
+  %c: float32[2,4] = math.mul(%b, %half) @c
+  %y: float32[2,4] = math.mul(%c, %half2) @y
+  return %y
+}""")
+    assert EliminateCommonSubexpressions()(graph)
+    assert sorted(value.name for value in graph.params) == ["half", "scale1", "scale2"]
