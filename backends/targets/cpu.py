@@ -1,9 +1,11 @@
 """The host CPU target: LLVM for this machine, the Relax VM, a shared library from export_library.
 
 Pipeline: ``DecomposeOpsForInference`` (batch norm to scale and shift), then TVM's ``zero``
-pipeline (legalize, fold constants, fuse ops, fuse TIR), then ``tvm.compile`` with the
-``default_build`` Relax pipeline, which lowers the fused module to VM code. No schedules are
-applied yet, so kernels are naive but compile in seconds.
+pipeline (legalize, fold constants, fuse ops, fuse TIR), then optc's default CPU schedules
+(``optc.backends.schedules``: dense products and convolutions tiled, vectorized and parallel;
+``schedules=False`` leaves every kernel naive), then ``tvm.compile`` with the ``default_build``
+Relax pipeline, which lowers the fused module to VM code. Nothing is tuned, so it compiles in
+seconds.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # x86-64 micro-architecture levels (psABI), as /proc/cpuinfo flag names, highest first.
-# AVX-512 (x86-64-v4) is left out on purpose: untuned kernels built for sapphirerapids ran
-# 1.7-2x slower than AVX2 code on the same machine (see the TVM field notes).
+# x86-64-v4 (AVX-512) is used where the CPU has it: optc's default schedules run 1.6-2x faster
+# with it. (TVM_NOTES saw AVX-512 slow down *unscheduled* kernels; schedules=False is for debugging.)
 X86_LEVELS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("x86-64-v4", frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx", "avx2", "fma"})),
     ("x86-64-v3", frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe", "xsave"})),
     ("x86-64-v2", frozenset({"cx16", "popcnt", "sse4_1", "sse4_2", "ssse3"})),
 )
@@ -52,8 +55,8 @@ def _cpuinfo_flags() -> frozenset[str] | None:
 def detect_host_mcpu() -> str | None:
     """An LLVM ``mcpu`` for this host, or None to leave LLVM's generic default.
 
-    On x86-64 it is the highest psABI level (up to v3: AVX2 + FMA) whose features the kernel
-    reports, which is portable across the CPUs of that level and avoids AVX-512 for untuned code.
+    On x86-64 it is the highest psABI level (up to v4: AVX-512) whose features the kernel
+    reports, which is portable across the CPUs of that level.
     Elsewhere it is the CPU LLVM detects (e.g. ``neoverse-v1``), when LLVM knows its name.
     """
     machine = platform.machine().lower()
@@ -84,11 +87,17 @@ class CpuTarget:
     """LLVM code for the host CPU, run by the Relax VM from a shared library (``model.so``).
 
     ``mcpu`` and ``num_cores`` default to what this machine has (see ``detect_host_mcpu``).
+    ``schedules`` applies optc's default schedules to the fused kernels (``schedule_passes``);
+    ``get_target("cpu", schedules=False)`` builds the naive kernels TVM gives without them.
+    ``fast_math`` (with schedules) replaces float32 erf/tanh by vectorizable approximations
+    (abs error < 1e-6; GELU epilogues were dominated by scalar libm calls).
     """
 
     mcpu: str | None = field(default_factory=detect_host_mcpu)
     num_cores: int = field(default_factory=host_core_count)
     library_name: str = "model.so"
+    schedules: bool = True
+    fast_math: bool = True
     name: str = field(default="cpu", init=False)
 
     def tvm_target(self) -> tvm.target.Target:
@@ -108,7 +117,15 @@ class CpuTarget:
             raise LoweringError(f"TVM rejects the CPU target {config}: {error}") from error
 
     def relax_passes(self) -> list[tvm.transform.Pass]:
-        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")]
+        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero"), *self.schedule_passes()]
+
+    def schedule_passes(self) -> list[tvm.transform.Pass]:
+        """The scheduling stage between ``zero`` and ``tvm.compile`` (empty with ``schedules=False``)."""
+        if not self.schedules:
+            return []
+        from ..schedules import schedule_passes  # noqa: PLC0415  (imports the rules only when used)
+
+        return schedule_passes(fast_math=self.fast_math)
 
     def build(self, module: tvm.IRModule) -> relax.VMExecutable:
         target = self.tvm_target()
@@ -147,6 +164,8 @@ class CpuTarget:
             "tvm_target": str(self.tvm_target()),
             "mcpu": self.mcpu,
             "num_cores": self.num_cores,
+            "schedules": self.schedules,
+            "fast_math": self.fast_math,
             "library": self.library_name,
         }
 

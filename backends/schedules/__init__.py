@@ -1,0 +1,128 @@
+"""Default CPU schedules for the fused PrimFuncs of the ``zero`` pipeline, without tuning.
+
+TVM 0.27's ``dlight`` has only GEMV and reduction rules for CPUs, so untuned dense products
+and convolutions compile to serial scalar loops. The rules here are TIR schedule
+transformations in the style of dlight (``ScheduleRule.apply(func, target, tunable)``):
+
+* ``Matmul`` (matmul.py): ``nn.linear`` / ``linalg.matmul`` kernels, register-blocked,
+  vectorized over N, parallel over tiles, with the bias/activation epilogue fused into the tile;
+* ``Conv2d`` (conv.py): dense NCHW conv2d as a matrix product vectorized over output channels,
+  weights packed per call, epilogue fused;
+* ``DepthwiseConv2d`` (conv.py): per-channel planes, parallel over channels;
+* ``Attention`` (attention.py): optc's one-kernel ``nn.attention``, per block of query rows:
+  scores, softmax and weighted sum while the rows are in cache, both products register-blocked;
+* ``Transpose`` (transpose.py): big standalone transposes (GPT-2's tied LM head weight) in
+  8x8 blocks, parallel.
+
+With ``fast_math`` (fast_math.py), float32 ``erf``/``tanh`` calls (GELU) become vectorizable
+rational approximations (max abs error ~3e-7) instead of scalar libm calls.
+
+``schedule_passes(target)`` is the Relax-level stage the CPU target runs between ``zero`` and
+``tvm.compile``. A rule that does not match leaves the function alone; a rule that raises is
+logged and skipped, so a scheduling bug costs speed, not a failed build. Two exceptions no
+``try`` catches: ``loop_partition`` (ragged N in ``Matmul``, ragged keys in ``Attention``)
+segfaulted in TVM 0.27 on other loop nests than the one-block ones used here; and an epilogue
+moved into a tile it does not map onto exactly computes wrong values silently, which is why
+``common.find_anchor`` refuses epilogues that reshape the result.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import tirx
+from tvm.ir import IRModule
+from tvm.target import Target
+
+from .attention import Attention
+from .conv import Conv2d, ConvConfig, DepthwiseConv2d
+from .fast_math import rewrite_fast_math
+from .matmul import Matmul, MatmulConfig
+from .transpose import Transpose
+
+logger = logging.getLogger(__name__)
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def default_rules() -> list:
+    """The rules, most specific first (the first that returns a schedule wins)."""
+    return [Matmul(), Conv2d(), DepthwiseConv2d(), Attention(), Transpose()]
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None) -> tuple[tirx.PrimFunc, str] | None:
+    """``func`` scheduled by the first matching rule, with that rule's name; None when none matches."""
+    for rule in rules if rules is not None else default_rules():
+        try:
+            sch = rule.apply(func, target, False)
+        except Exception as error:  # pylint: disable=broad-except
+            logger.warning("schedule rule %s failed: %s", type(rule).__name__, _last_line(error))
+            continue
+        if sch is None:
+            continue
+        if isinstance(sch, list):
+            sch = sch[0]
+        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), type(rule).__name__
+    return None
+
+
+@tvm.transform.module_pass(opt_level=0, name="optc.ApplySchedules")
+class ApplySchedules:
+    """Schedule every unscheduled PrimFunc of a module with the first matching rule."""
+
+    def __init__(self, rules: list | None = None, target: Target | None = None, fast_math: bool = True) -> None:
+        self.rules = rules
+        self.target = target
+        self.fast_math = fast_math
+        self.applied: dict[str, str] = {}  # function name -> rule name, from the last run
+
+    def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
+        target = self.target or Target.current(allow_none=False)
+        self.applied = {}
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+                continue
+            if self.fast_math:
+                func, rewritten = rewrite_fast_math(func)
+                if rewritten:
+                    updates[gvar] = func
+            result = schedule_func(func, target, self.rules)
+            if result is not None:
+                updates[gvar] = result[0]
+                self.applied[gvar.name_hint] = result[1]
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        logger.debug("scheduled %d PrimFunc(s): %s", len(updates), self.applied)
+        return mod
+
+
+def schedule_passes(target: Target | None = None, rules: list | None = None, fast_math: bool = True) -> list[tvm.transform.Pass]:
+    """The passes the CPU target runs after ``zero`` when schedules are on."""
+    return [ApplySchedules(rules, target, fast_math)]
+
+
+def _is_scheduled(func: tirx.PrimFunc) -> bool:
+    return func.attrs is not None and SCHEDULED_ATTR in func.attrs and bool(func.attrs[SCHEDULED_ATTR])
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+__all__ = [
+    "ApplySchedules",
+    "Attention",
+    "Conv2d",
+    "ConvConfig",
+    "DepthwiseConv2d",
+    "Matmul",
+    "MatmulConfig",
+    "Transpose",
+    "default_rules",
+    "rewrite_fast_math",
+    "schedule_func",
+    "schedule_passes",
+]

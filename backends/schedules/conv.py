@@ -1,0 +1,385 @@
+"""CPU schedule rules for 2-d convolutions in NCHW (``nn.conv`` after Relax legalization).
+
+``Conv2d`` handles dense (groups=1) convolutions of any kernel size, stride and dilation as a
+matrix product: M = output pixels along a row, N = output channels, K = (in channels, kernel
+rows, kernel cols). The output channels are the vectorized axis, so every stride works the same
+(input values are broadcast, never gathered). Two layout changes inside the kernel make that
+possible:
+
+* the weight is packed per call from OIHW into ``[O/nr, I, KH, KW, nr]`` (a parallel copy, one
+  pass over the weights), so a tile's nr channels are one contiguous vector load;
+* the conv result (an intermediate buffer of the fused function) is laid out ``[N, H, W, C]``,
+  so a register tile ``[mr pixels, nr channels]`` is contiguous and stays in registers.
+
+The fused epilogue (bias, residual add, ReLU/ReLU6 clip) runs on each tile right after its
+reduction and writes the NCHW output. Padding stays a separate, parallel copy. A batch > 1 is an
+outer loop.
+
+Short reductions (C*KH*KW <= 64, e.g. MobileNet's 16/24-channel pointwise convs) with stride 1
+and rows a multiple of the vector width take the other orientation: tiles of (channels x row
+vectors), weights broadcast, no packing, NCHW kept. There the transposed epilogue of the
+channel tiles cost more than the reduction itself.
+
+``DepthwiseConv2d`` handles groups == channels: parallel over channels, the padded channel
+plane computed per channel (cache-resident); stride-1 rows that hold whole vectors are
+vectorized with the taps unrolled, anything else keeps LLVM's scalar loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.sym.pattern import detect_linear_equation
+from tvm.target import Target
+
+from .common import find_anchor, fitting_lanes, parallelize, static_extent, vector_lanes
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    max_vectors: int = 4  # widest channel tile, in SIMD registers
+    registers: int = 12  # accumulator budget
+    mr: int | None = None  # pixels per tile (None: chosen per shape)
+    nr_vectors: int | None = None  # channel vectors per tile (None: chosen per shape)
+    # a pixel tile that does not divide the row: measured 6x2 tiles on 28-wide rows at half the
+    # speed of 4x2 ones (the predicated last tile), so ragged tiles score lower
+    ragged_penalty: float = 0.85
+    # stride 1, rows a multiple of the vector and a short reduction (C*KH*KW <= row_max_reduction):
+    # vectorize along rows instead (no weight packing, no transposed epilogue). Measured: 1.4x
+    # for 16- and 24-channel pointwise convs, 0.8x for 64-channel 3x3 ones.
+    row_vectors: bool = True
+    row_max_reduction: int = 64
+
+
+def _uses(expr: tirx.Expr, var: tirx.Var) -> bool:
+    return any(used.same_as(var) for used in collect_vars_used_in_prim_expr(expr))
+
+
+@dataclass
+class ConvMatch:
+    out_channel: tirx.Var
+    row: tirx.Var
+    col: tirx.Var
+    weight_index: int  # position of the weight among the block's reads
+    data_index: int
+    batch: tirx.Var | None = None  # the batch iter when the batch is not 1
+
+
+def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> ConvMatch | None:
+    """``out[n, f, y, x] += data[n, c, y*s + ry, x*s + rx] * weight[f, c, ry, rx]`` (float32).
+
+    Unit iters are gone after ``normalize_prim_func`` (batch 1, 1x1 kernels), so the block has
+    spatial iters (n, f, y, x), or (f, y, x) with output index ``[0, f, y, x]``, and one to three
+    reduction iters. The weight is the read indexed by f and reduction vars only.
+    """
+    block = sch.get(block_rv)
+    iters = list(block.iter_vars)
+    spatial = [iv.var for iv in iters if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [iv.var for iv in iters if iv.iter_type == tirx.IterVar.CommReduce]
+    if len(spatial) + len(reduce) != len(iters) or len(spatial) not in (3, 4) or not reduce:
+        return None
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in iters[:len(spatial)]):
+        return None  # spatial iters first, then reductions
+    if len(block.writes) != 1:
+        return None
+    out = block.writes[0]
+    if str(out.source.dtype) != "float32" or len(out.region) != 4:
+        return None
+    out_index = [r.min for r in out.region]
+    if len(spatial) == 3:  # batch 1: its unit iter is gone
+        if not (isinstance(out_index[0], tirx.IntImm) and int(out_index[0]) == 0):
+            return None
+        batch, (f, y, x) = None, spatial
+    else:
+        batch, f, y, x = spatial
+        if not out_index[0].same_as(batch):
+            return None
+    if not (out_index[1].same_as(f) and out_index[2].same_as(y) and out_index[3].same_as(x)):
+        return None
+    reads = list(block.reads)
+    inputs = [i for i, region in enumerate(reads) if not region.source.same_as(out.source)]
+    if len(inputs) != 2:
+        return None
+    weight_index = data_index = None
+    for i in inputs:
+        region = reads[i]
+        if str(region.source.dtype) != "float32" or len(region.region) != 4:
+            return None
+        index = [r.min for r in region.region]
+        if index[0].same_as(f) and not any(_uses(e, f) or _uses(e, y) or _uses(e, x) or (batch is not None and _uses(e, batch))
+                                           for e in index[1:]):
+            weight_index = i
+        elif not any(_uses(e, f) for e in index):
+            data_index = i
+    if weight_index is None or data_index is None:
+        return None
+    return ConvMatch(f, y, x, weight_index, data_index, batch)
+
+
+def _wide_penalty(vectors: int) -> float:
+    """Measured: tiles 4+ vectors wide ran slower than the load count predicts (3x4 half of 6x2)."""
+    return 0.8 if vectors >= 4 else 1.0
+
+
+def _tile_shape(width: int, channels: int, lanes: int, config: ConvConfig) -> tuple[int, int]:
+    """(channel vectors, pixels) per register tile; the pixels run along an output row."""
+    if channels % lanes != 0:
+        return 0, 0
+    widths = [v for v in range(1, config.max_vectors + 1) if (channels // lanes) % v == 0]
+    if config.nr_vectors:
+        widths = [v for v in widths if v == config.nr_vectors]
+    best = None
+    for vectors in widths:
+        rows = [config.mr] if config.mr else range(1, config.registers // vectors + 1)
+        for mr in rows:
+            mr = min(mr, width)
+            if mr * vectors > config.registers and not (config.mr and config.nr_vectors):
+                continue
+            waste = width / (-(-width // mr) * mr)
+            if width % mr:
+                waste *= config.ragged_penalty
+            score = (mr * vectors / (mr + vectors) * waste * _wide_penalty(vectors), mr * vectors, -vectors)
+            if best is None or score > best[0]:
+                best = (score, vectors, mr)
+    return (best[1], best[2]) if best is not None else (0, 0)
+
+
+class Conv2d(CPUScheduleRule):
+    """Register-tiled NCHW conv2d (groups=1) vectorized over output channels."""
+
+    def __init__(self, config: ConvConfig | None = None) -> None:
+        self.config = config or ConvConfig()
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        anchor = find_anchor(func)
+        if anchor is None or len(anchor.producers) > 1:
+            return None
+        sch = anchor.sch
+        block = anchor.block.block_rv
+        match = match_conv2d(sch, block)
+        if match is None:
+            return None
+        return schedule_conv2d(sch, block, match, anchor.producers, anchor.epilogue, target, self.config)
+
+
+def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: Target, config: ConvConfig):
+    lanes = vector_lanes(target)
+    loops = sch.get_loops(block)
+    if len(loops) != len(sch.get(block).iter_vars):
+        return None
+    batch = [loops.pop(0)] if match.batch is not None else []
+    f, y, x, *reduction = loops
+    channels, height, width = (static_extent(sch, loop) for loop in (f, y, x))
+    if channels is None or height is None or width is None:
+        return None
+    work = channels * height * width * (static_extent(sch, batch[0]) or 8 if batch else 1)
+    for loop in reduction:
+        work *= static_extent(sch, loop) or 1
+    row_lanes = fitting_lanes(width, lanes)
+    reduction_size = work // (channels * height * width * (static_extent(sch, batch[0]) or 8 if batch else 1))
+    if (config.row_vectors and reduction_size <= config.row_max_reduction and width % row_lanes == 0
+            and row_lanes >= min(lanes, 8)  # 4-lane rows measured 0.65x the channel tiles
+            and width >= 2 * row_lanes and _column_stride(sch, block, x, match.data_index) == 1):
+        return _schedule_conv2d_rows(sch, block, batch, (f, y, x), reduction, producers, epilogue, target,
+                                     config, row_lanes, work)
+    lanes = fitting_lanes(channels, lanes)
+    vectors, mr = _tile_shape(width, channels, lanes, config)
+    if not vectors:
+        return None
+    nr = vectors * lanes
+
+    # the conv result: an intermediate [1, F, H, W] buffer when an epilogue follows; lay it out NHWC
+    out_buffer = sch.get(block).writes[0].source
+    if epilogue is not None and any(param.same_as(out_buffer) for param in sch.mod["main"].params):
+        return None  # the result is also a function output: its layout is not ours to change
+    if epilogue is None:
+        epilogue_block = sch.cache_write(block, 0, "global")
+    else:
+        epilogue_block = epilogue.block_rv
+    sch.transform_layout(block, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+
+    packed = sch.cache_read(block, match.weight_index, "global")
+    sch.transform_layout(block, ("read", match.weight_index), lambda o, i, h, w: (o // nr, i, h, w, o % nr))
+    pack_loops = sch.get_loops(packed)
+    # [O/nr, I, KH, KW, nr] order: make the nr copy innermost, parallel over the outer blocks
+    o_outer, o_inner = sch.split(pack_loops[0], [None, nr])
+    sch.reorder(o_outer, *pack_loops[1:], o_inner)
+    sch.vectorize(o_inner)  # strided loads, one contiguous vector store: measured 3x the other order
+    parallelize(sch, o_outer, target, work)
+
+    for producer in producers:  # the padding copy
+        pad_loops = sch.get_loops(producer.block_rv)
+        if pad_loops:
+            parallelize(sch, pad_loops[0], target, work)
+
+    f0, f1 = sch.split(f, [None, nr])
+    x0, x1 = sch.split(x, [None, mr])
+    sch.reorder(*batch, f0, y, x0, *reduction, x1, f1)
+    sch.unroll(x1)
+    if vectors > 1:
+        f1_vectors, f1_lanes = sch.split(f1, [None, lanes])
+        sch.unroll(f1_vectors)
+        sch.vectorize(f1_lanes)
+    else:
+        sch.vectorize(f1)
+
+    sch.reverse_compute_at(epilogue_block, x0)
+    fused = sch.fuse(*batch, f0, y, x0)
+    parallelize(sch, fused, target, work)
+    init = sch.decompose_reduction(block, reduction[0])
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    return sch
+
+
+def _schedule_conv2d_rows(sch, block, batch, spatial, reduction, producers, epilogue, target, config, lanes, work):
+    """Stride 1 and output rows a multiple of the vector width: vectorize along the output row.
+
+    Register tile: mr output channels x (v vectors of a row); the weights are broadcast scalars
+    (no packing), the input row is a contiguous (unaligned) vector load, the conv result keeps
+    its NCHW layout so the epilogue is vectorized along the row too.
+    """
+    f, y, x = spatial
+    width, channels = static_extent(sch, x), static_extent(sch, f)
+    widths = [v for v in range(1, 3) if (width // lanes) % v == 0]
+    vectors = max(widths)
+    mr = min(channels, max(1, config.registers // vectors))
+    nr = vectors * lanes
+    epilogue_block = epilogue.block_rv if epilogue is not None else sch.cache_write(block, 0, "global")
+    for producer in producers:  # the padding copy
+        pad_loops = sch.get_loops(producer.block_rv)
+        if pad_loops:
+            parallelize(sch, pad_loops[0], target, work)
+    f0, f1 = sch.split(f, [None, mr])
+    x0, x1 = sch.split(x, [None, nr])
+    sch.reorder(*batch, f0, y, x0, *reduction, f1, x1)
+    sch.unroll(f1)
+    if vectors > 1:
+        x1_vectors, x1_lanes = sch.split(x1, [None, lanes])
+        sch.unroll(x1_vectors)
+        sch.vectorize(x1_lanes)
+    else:
+        sch.vectorize(x1)
+    sch.reverse_compute_at(epilogue_block, x0)
+    epilogue_loops = sch.get_loops(epilogue_block)[len(batch) + 3:]
+    if epilogue_loops:
+        sch.vectorize(epilogue_loops[-1])
+    fused = sch.fuse(*batch, f0, y, x0)
+    parallelize(sch, fused, target, work)
+    init = sch.decompose_reduction(block, reduction[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch
+
+
+def match_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
+    """``out[0, f, y, x] += data[0, f, y*s + ry, x*s + rx] * weight[f, 0, ry, rx]`` (float32)."""
+    block = sch.get(block_rv)
+    iters = list(block.iter_vars)
+    if len(iters) < 4 or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters[:3]):
+        return False
+    if any(iv.iter_type != tirx.IterVar.CommReduce for iv in iters[3:]):
+        return False
+    f, y, x = (iv.var for iv in iters[:3])
+    if len(block.writes) != 1:
+        return False
+    out = block.writes[0]
+    out_index = [r.min for r in out.region]
+    if str(out.source.dtype) != "float32" or len(out_index) != 4:
+        return False
+    if not (isinstance(out_index[0], tirx.IntImm) and out_index[1].same_as(f)
+            and out_index[2].same_as(y) and out_index[3].same_as(x)):
+        return False
+    inputs = [region for region in block.reads if not region.source.same_as(out.source)]
+    if len(inputs) != 2 or any(str(r.source.dtype) != "float32" or len(r.region) != 4 for r in inputs):
+        return False
+    data = [r for r in inputs if r.region[1].min.same_as(f) and _uses(r.region[2].min, y) and _uses(r.region[3].min, x)]
+    weight = [r for r in inputs if r.region[0].min.same_as(f) and not any(_uses(e.min, y) or _uses(e.min, x) for e in r.region)]
+    return len(data) == 1 and len(weight) == 1 and data[0] is not weight[0]
+
+
+def _column_stride(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, x_loop, data_index: int | None = None) -> int | None:
+    """The stride of the data read along the output column var (1 for stride-1 convolutions)."""
+    block = sch.get(block_rv)
+    spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    x = spatial[-1]
+    out = block.writes[0].source
+    for index, region in enumerate(block.reads):
+        if data_index is not None and index != data_index:
+            continue
+        if region.source.same_as(out) or not _uses(region.region[-1].min, x):
+            continue
+        found = detect_linear_equation(region.region[-1].min, [x])
+        if len(found) == 2 and isinstance(found[0], tirx.IntImm):
+            return int(found[0])
+    return None
+
+
+def _row_vector(width: int, lanes: int) -> int | None:
+    """How many output pixels of a row one vectorized step computes; None: leave rows scalar.
+
+    Only whole vectors of at least 8 lanes: 14- and 7-wide steps (``<14 x float>``) measured
+    slower than the scalar loops with the padded plane in cache.
+    """
+    for candidate in (2 * lanes, lanes, lanes // 2):
+        if candidate >= 8 and width % candidate == 0:
+            return candidate
+    return None
+
+
+class DepthwiseConv2d(CPUScheduleRule):
+    """Depthwise NCHW conv2d: parallel over channels, rows vectorized (stride 1, whole vectors), taps unrolled."""
+
+    def __init__(self, row_step: int | None = None) -> None:
+        self.row_step = row_step
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        anchor = find_anchor(func)
+        if anchor is None or len(anchor.producers) > 1:
+            return None
+        sch = anchor.sch
+        block = anchor.block.block_rv
+        if not match_depthwise(sch, block):
+            return None
+        loops = sch.get_loops(block)
+        if len(loops) != len(sch.get(block).iter_vars):
+            return None
+        f, y, x, *taps = loops
+        width = static_extent(sch, x)
+        if width is None or static_extent(sch, f) is None:
+            return None
+        epilogue = anchor.epilogue.block_rv if anchor.epilogue is not None else sch.cache_write(block, 0, "global")
+        step = self.row_step or _row_vector(width, vector_lanes(target))
+        vectorized = step is not None and _column_stride(sch, block, x) == 1
+        if vectorized:
+            for tap in taps:
+                if (static_extent(sch, tap) or 0) <= 7:
+                    sch.unroll(tap)
+            # contiguous input rows: vectorize along the output row, taps outside the vector
+            x0, x1 = sch.split(x, [None, step])
+            sch.reorder(f, y, x0, *taps, x1)
+            sch.vectorize(x1)
+            sch.reverse_compute_at(epilogue, x0)
+            epilogue_loops = sch.get_loops(epilogue)[3:]
+            if epilogue_loops:
+                sch.vectorize(epilogue_loops[-1])
+        else:
+            # strided (a vector would gather) or ragged rows: scalar loops as they are (LLVM does
+            # better with them than with unrolled taps), the epilogue per channel
+            sch.reverse_compute_at(epilogue, f)
+        for producer in anchor.producers:  # the padded plane of one channel, right before its use
+            sch.compute_at(producer.block_rv, f)
+        work = 1
+        for loop in sch.get_loops(block):
+            work *= static_extent(sch, loop) or 1
+        parallelize(sch, f, target, work)
+        if vectorized:
+            init = sch.decompose_reduction(block, taps[0])
+            sch.vectorize(sch.get_loops(init)[-1])
+        return sch
