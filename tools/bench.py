@@ -33,6 +33,7 @@ class SystemSpec:
     onnx: str | None = None
     example: str | None = None
     threads: int | None = None
+    spin: bool = False  # let thread pools spin-wait between runs (each runtime's default)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -49,10 +50,18 @@ class SystemResult:
     times_ms: list[float] = field(default_factory=list)
 
 
-def _set_threads(threads: int | None) -> None:
+# Spin-waiting thread pools keep a core busy after a run; with one system measured at a time,
+# the idle ones would steal cores from it (TVM_NOTES). Off unless --spin.
+NO_SPIN_ENVIRONMENT = {"TVM_THREAD_POOL_SPIN_COUNT": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+SPIN_NOTE = "spin-waits off (TVM_THREAD_POOL_SPIN_COUNT=0, OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0)"
+
+
+def _set_threads(threads: int | None, spin: bool = False) -> None:
     if threads:
         for variable in ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[variable] = str(threads)
+    if not spin:
+        os.environ.update(NO_SPIN_ENVIRONMENT)
 
 
 def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Callable[[], Any], str]:
@@ -70,6 +79,8 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
         if spec.threads:
             options.intra_op_num_threads = spec.threads
             options.inter_op_num_threads = 1
+        if not spec.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(spec.onnx, options, providers=["CPUExecutionProvider"])
         names = {item.name for item in session.get_inputs()}
         ort_feeds = {name: array for name, array in feeds.items() if name in names}
@@ -93,7 +104,7 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
 
 
 def _worker(connection: Any, spec: SystemSpec, feeds_path: str) -> None:
-    _set_threads(spec.threads)
+    _set_threads(spec.threads, spec.spin)
     try:
         with np.load(feeds_path, allow_pickle=False) as data:
             feeds = {name: data[name] for name in data.files}
@@ -253,19 +264,20 @@ def main_from_cli(args: argparse.Namespace) -> int:
                 onnx_path = str(model)
         feeds = sample_inputs(artifacts[0].graph, seed=0)
         specs = [
-            SystemSpec("optc" if len(artifacts) == 1 else f"optc[{pipeline}]", kind="optc", artifact=str(artifact.path), threads=threads)
+            SystemSpec("optc" if len(artifacts) == 1 else f"optc[{pipeline}]", kind="optc", artifact=str(artifact.path),
+                       threads=threads, spin=args.spin)
             for pipeline, artifact in zip(pipelines, artifacts)
         ]
         skipped = []
         for peer in peers:
             if peer == "ort":
                 if onnx_path:
-                    specs.append(SystemSpec("ort", onnx=onnx_path, threads=threads))
+                    specs.append(SystemSpec("ort", onnx=onnx_path, threads=threads, spin=args.spin))
                 else:
                     skipped.append("ort (no ONNX file for this model)")
             elif peer == "torch":
                 if example:
-                    specs.append(SystemSpec("torch", example=example, threads=threads))
+                    specs.append(SystemSpec("torch", example=example, threads=threads, spin=args.spin))
                 else:
                     skipped.append("torch (needs --example: an ONNX file has no torch model)")
         for note in skipped:
@@ -273,12 +285,13 @@ def main_from_cli(args: argparse.Namespace) -> int:
         say(f"measuring {', '.join(s.name for s in specs)}: {args.warmup} warmup + {args.repeat} interleaved runs each, {threads} threads")
         results = measure(specs, feeds, args.repeat, args.warmup, progress=say)
     print(f"model: {example or args.model}  target: {args.target}  passes: {' | '.join(pipelines)}  threads: {threads}  "
-          f"load avg: {os.getloadavg()[0]:.2f}")
+          f"load avg: {os.getloadavg()[0]:.2f}  {'spin-waits: runtime defaults' if args.spin else SPIN_NOTE}")
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": example or str(args.model), "target": args.target, "passes": pipelines, "threads": threads,
-            "date": time.strftime("%Y-%m-%d"), "results": [asdict(r) for r in results],
+            "date": time.strftime("%Y-%m-%d"), "spin": args.spin, "load_average": os.getloadavg()[0],
+            "results": [asdict(r) for r in results],
         }, indent=1))
     if not any(r.name.startswith("optc") and r.runs for r in results):
         raise OptcError("optc itself could not be measured (see the message above)")

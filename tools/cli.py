@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--threads", type=int, default=None, help="threads per system (default: all cores)")
     bench_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224")
     bench_parser.add_argument("--json", help="also write the results to this JSON file")
+    bench_parser.add_argument("--spin", action="store_true",
+                              help="leave thread pools spin-waiting between runs (default: off for every system)")
     bench_parser.set_defaults(func=cmd_bench)
 
     sub.add_parser("passes", help="list the available passes").set_defaults(func=cmd_passes)
