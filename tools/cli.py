@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch.export's own pytree deprecation notice: nothing a user of optc can act on
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="optc: %(levelname)s: %(message)s")

@@ -82,7 +82,15 @@ def apply_activation(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _activation_flops(name: str, elements: int) -> int:
-    return 0 if name == "none" else 4 * elements
+    """What the standalone activation op counts for this many elements (fusing changes no FLOPs)."""
+    spec = ACTIVATIONS[name]
+    if spec is None:
+        return 0
+    from .registry import get
+
+    op, attrs = spec
+    out = TensorType((elements,), "float32")
+    return get(op).count_flops([out], [out], get(op).check_attrs(attrs))
 
 
 def _conv_infer(inputs: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -210,3 +210,17 @@ graph g(%x: float32[2,3,8]) {
 }""", params=params, feeds=feeds)  # compared at rtol=1e-5, atol=1e-6
     assert [node.op for node in graph.nodes] == ["tensor.reshape", "nn.linear", "tensor.reshape"]
     assert graph.nodes[1].attrs["activation"] == "gelu" and graph.outputs[0].name == "y"
+
+
+def test_fusing_an_activation_does_not_change_the_flop_count():
+    graph = parse("""
+graph g(%x: float32[1,3,8,8]) {
+  param %w: float32[4,3,3,3]
+  %c: float32[1,4,8,8] = nn.conv(%x, %w) {pads=(1, 1, 1, 1)} @c
+  %y: float32[1,4,8,8] = math.relu(%c) @y
+  return %y
+}""")
+    before = graph.flops()
+    assert fuse_epilogues()(graph)
+    assert [node.op for node in graph.nodes] == ["nn.conv"]
+    assert graph.flops() == before
