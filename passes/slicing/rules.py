@@ -54,6 +54,23 @@ def _full_along(value: Value, out: Value, out_axis: int) -> bool:
 
 # ---- elementwise: broadcasting couples operands that are full along the carrier ---------------------
 
+def _join_carriers(tracer, carriers: list, where: str):
+    """The (axis, ids) an output's channels follow when several inputs carry channels into it.
+
+    Inputs carrying channels on the same axis are coupled; one on another axis is frozen (slicing
+    it would need two axes at once). None when no input carries channels.
+    """
+    if not carriers:
+        return None
+    axis, ids = carriers[0]
+    for other_axis, other_ids in carriers[1:]:
+        if other_axis == axis:
+            ids = tracer.unify(ids, other_ids, f"{where} mixes fixed and sliced channels")
+        else:
+            tracer.freeze(other_ids, f"{where} crosses two channel axes")
+    return axis, ids
+
+
 @rule(*(f"math.{name}" for name in (*UNARY_FLOAT, *UNARY_ANY, *BINARY)), "math.cast", "math.not", "math.isnan",
       "math.where", "math.prelu")
 def elementwise(tracer: Tracer, node: Node) -> None:
@@ -68,15 +85,11 @@ def elementwise(tracer: Tracer, node: Node) -> None:
             tracer.freeze(channels, f"{node.name} broadcasts the channels of %{value.name} ({node.op})")
         else:
             carriers.append((out_axis, channels.ids))
-    if not carriers:
+    joined = _join_carriers(tracer, carriers, f"{node.name} ({node.op})")
+    if joined is None:
         tracer.set(out, None)
         return
-    axis, ids = carriers[0]
-    for other_axis, other_ids in carriers[1:]:
-        if other_axis == axis:
-            ids = tracer.unify(ids, other_ids, f"{node.name} mixes fixed and sliced channels")
-        else:
-            tracer.freeze(other_ids, f"{node.name} ({node.op}) crosses two channel axes")
+    axis, ids = joined
     for position, value in enumerate(node.inputs):
         if not _full_along(value, out, axis):
             continue
@@ -489,15 +502,11 @@ def matmul(tracer: Tracer, node: Node) -> None:
             tracer.freeze(channels, f"matmul {node.name} broadcasts sliced channels")
             continue
         carriers.append((out_axis, channels.ids))
-    if not carriers:
+    joined = _join_carriers(tracer, carriers, f"matmul {node.name}")
+    if joined is None:
         tracer.set(out, None)
         return
-    axis, ids = carriers[0]
-    for other_axis, other_ids in carriers[1:]:
-        if other_axis == axis:
-            ids = tracer.unify(ids, other_ids, f"matmul {node.name} mixes fixed and sliced channels")
-        else:
-            tracer.freeze(other_ids, f"matmul {node.name} crosses two channel axes")
+    axis, ids = joined
     if axis < rank - 2:  # a batch axis: the other operand must follow it
         for value in (left, right):
             channels = tracer.of(value)
