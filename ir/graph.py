@@ -203,6 +203,16 @@ class Graph:
         for value in node.outputs:
             self._names.discard(value.name)
 
+    def remove_dead_nodes(self) -> int:
+        """Remove the nodes and params nothing reads (outputs count as read); returns how many."""
+        removed = 0
+        outputs = {id(value) for value in self.outputs}
+        for node in reversed(list(self.nodes)):  # users before producers, so chains go in one sweep
+            if all(not value.uses and id(value) not in outputs for value in node.outputs):
+                self.remove_node(node)
+                removed += 1
+        return removed + self.remove_unused_params()
+
     def remove_unused_params(self) -> int:
         unused = [value for value in self.params if not value.uses and not any(value is out for out in self.outputs)]
         for value in unused:

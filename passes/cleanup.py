@@ -117,13 +117,7 @@ class FoldConstants:
 
 def eliminate_dead_code(graph: Graph) -> int:
     """Remove nodes and params nothing reads; returns how many it removed."""
-    removed = 0
-    outputs = {id(value) for value in graph.outputs}
-    for node in reversed(list(graph.nodes)):  # users before producers, so chains go in one sweep
-        if all(not value.uses and id(value) not in outputs for value in node.outputs):
-            graph.remove_node(node)
-            removed += 1
-    return removed + graph.remove_unused_params()
+    return graph.remove_dead_nodes()
 
 
 @register_pass("dce")

@@ -516,7 +516,7 @@ def import_model(
     if context.issues:
         raise UnsupportedOpError(context.issues, source)
     graph.outputs = _named_outputs(context, outputs, [value.name for value in onnx_graph.output])
-    _remove_dead_nodes(graph)
+    graph.remove_dead_nodes()  # folded-away shape arithmetic, unused branches
     verify(graph)
     return graph
 
@@ -536,12 +536,3 @@ def _named_outputs(context: ImportContext, values: list[Value], names: list[str]
             copy = graph.add_node("tensor.reshape", [value], {"shape": tuple(value.shape)}, name=name, output_names=[name])
             result.append(copy.output)
     return result
-
-
-def _remove_dead_nodes(graph: Graph) -> None:
-    """Drop what no output depends on (folded-away shape arithmetic, unused branches)."""
-    outputs = {id(value) for value in graph.outputs}
-    for node in reversed(list(graph.nodes)):
-        if all(not value.uses and id(value) not in outputs for value in node.outputs):
-            graph.remove_node(node)
-    graph.remove_unused_params()
