@@ -89,3 +89,11 @@ def test_pipeline_strings_parse_options():
         parse_pipeline("cleanup(limit=3)")
     with pytest.raises(PipelineError, match="unbalanced"):
         parse_pipeline("cleanup(fold_limit=3")
+
+
+def test_pass_manager_keeps_the_final_graphs_outputs():
+    graph = graph_with_constant_chain()
+    feeds = {"x": np.array([0.5, -1.0], "float32")}
+    manager = PassManager("fold_constants,dce", sample_feeds=feeds)
+    manager.run(graph)
+    np.testing.assert_array_equal(manager.outputs["y"], interpret(graph, feeds)["y"])
