@@ -48,6 +48,12 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {"before": asdict(self.before), "passes": [asdict(row) for row in self.rows]}
 
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "Report":
+        """The inverse of ``to_json`` (what an artifact's manifest stores)."""
+        rows = [PassRow(**{**row, "stats": GraphStats(**row["stats"])}) for row in data["passes"]]
+        return Report(before=GraphStats(**data["before"]), rows=rows)
+
     def explain(self) -> str:
         """Per pass and rule: how often it fired and why it refused candidates."""
         lines = []

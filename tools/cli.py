@@ -163,11 +163,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {entry['size']:>12,} bytes  sha256 {entry['sha256'][:16]}...")
         report = manifest.get("report")
         if report:
-            from ..passes.report import GraphStats, PassRow
-
-            restored = Report(before=GraphStats(**report["before"]))
-            for row in report["passes"]:
-                restored.rows.append(PassRow(**{**row, "stats": GraphStats(**row["stats"])}))
+            restored = Report.from_json(report)
             print("report:")
             print(restored.table())
     return 0

@@ -97,3 +97,13 @@ def test_pass_manager_keeps_the_final_graphs_outputs():
     manager = PassManager("fold_constants,dce", sample_feeds=feeds)
     manager.run(graph)
     np.testing.assert_array_equal(manager.outputs["y"], interpret(graph, feeds)["y"])
+
+
+def test_report_round_trips_through_json():
+    import json
+
+    from optc.passes.report import Report
+
+    report = PassManager("cleanup").run(graph_with_constant_chain())
+    again = Report.from_json(json.loads(json.dumps(report.to_json())))
+    assert again.table() == report.table() and again.explain() == report.explain()
