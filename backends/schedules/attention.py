@@ -83,7 +83,7 @@ class Attention(CPUScheduleRule):
             sch.compute_at(blocks[name], r0)
 
         scores = blocks["scores"]
-        scores_reduction = self._schedule_scores(sch, scores, lanes) if self.transpose_keys else None
+        scores_reduction = self._schedule_scores(sch, scores, lanes, r0) if self.transpose_keys else None
 
         outer = [loop for loop in (head, r0) if loop is not None]
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
@@ -95,7 +95,7 @@ class Attention(CPUScheduleRule):
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
 
-    def _schedule_scores(self, sch, scores, lanes):
+    def _schedule_scores(self, sch, scores, lanes, row_block):
         """scores[i, j] = sum_d q[i, d] * k[j, d]: transpose k once, then vectorize over keys j.
 
         Keys that fill no whole vector (197 = 12 x 16 + 5) are split off with ``loop_partition``
@@ -112,8 +112,11 @@ class Attention(CPUScheduleRule):
         sch.cache_read(scores, key_index, "global")
         sch.transform_layout(scores, ("read", key_index),
                              lambda *index: (*index[:-2], index[-1], index[-2]))
-        loops = sch.get_loops(scores)
-        i1, j, d = loops[-3:]
+        own = _loops_below(sch, scores, row_block)
+        if len(own) not in (2, 3):
+            return None
+        # a single query row (a decode step) leaves no row loop once computed at the row block
+        i1, j, d = own if len(own) == 3 else (None, *own)
         n_keys = static_extent(sch, j)
         if n_keys is None:
             return None
@@ -121,7 +124,8 @@ class Attention(CPUScheduleRule):
         main = n_keys - n_keys % step
         if main == 0:
             return None
-        sch.reorder(j, i1, d)
+        if i1 is not None:
+            sch.reorder(j, i1, d)
         if main != n_keys:
             # keys [0, main) in full vectors; the ragged tail [main, S) as a plain loop of its own
             block_name, loop_name = sch.get(scores).name_hint, sch.get(j).loop_var.name
@@ -129,12 +133,26 @@ class Attention(CPUScheduleRule):
             scores = _partition_block(sch, block_name, loop_name, 0)
             if scores is None:
                 return None
-            j, i1, d = sch.get_loops(scores)[-3:]
+            own = _loops_below(sch, scores, row_block)
+            j, i1, d = own if len(own) == 3 else (own[0], None, own[1])
         j0, j1 = sch.split(j, [None, step])
-        sch.reorder(j0, d, i1, j1)
-        sch.unroll(i1)
+        if i1 is not None:
+            sch.reorder(j0, d, i1, j1)
+            sch.unroll(i1)
+        else:
+            sch.reorder(j0, d, j1)
         _vectorize_tile(sch, j1, step, lanes)
         return scores, d
+
+
+def _loops_below(sch, block, outer) -> list:
+    """The loops of ``block`` nested inside ``outer`` (its own loops after ``compute_at``)."""
+    loops = sch.get_loops(block)
+    target = sch.get(outer)
+    for index, loop in enumerate(loops):
+        if sch.get(loop).same_as(target):
+            return list(loops[index + 1:])
+    return list(loops[-3:])
 
 
 def _partition_block(sch, block_name: str, loop_name: str, part: int):

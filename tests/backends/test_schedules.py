@@ -196,6 +196,17 @@ def test_attention_rule_matches_interpreter(batch: int, heads: int, tokens: int,
     check(attention(batch, heads, tokens, depth, causal, mask), "Attention")
 
 
+@pytest.mark.parametrize("keys", [37, 32])
+def test_attention_rule_schedules_a_single_query(keys: int) -> None:
+    """A decode step (KV cache): one query row against the cache, with a padding mask."""
+    graph = Graph("decode_attention")
+    query = graph.add_input("q", TensorType((1, 3, 1, 16), "float32"))
+    cache = [graph.add_input(name, TensorType((1, 3, keys, 16), "float32")) for name in ("k", "v")]
+    mask = graph.add_input("mask", TensorType((1, 1, 1, keys), "bool"))
+    graph.outputs = [graph.op("nn.attention", query, *cache, mask)]
+    check(graph, "Attention")
+
+
 # ---- transposes --------------------------------------------------------------------------------
 
 
