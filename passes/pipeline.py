@@ -114,4 +114,4 @@ def _load_builtin_passes() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        from . import blocks, cleanup, fusion, presets, recognize, slicing, tokens  # noqa: F401  (registers passes)
+        from . import blocks, cleanup, fusion, presets, quant, recognize, slicing, tokens  # noqa: F401  (registers passes)

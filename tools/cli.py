@@ -70,8 +70,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     else:
         model = args.model
         options = dict(input_shapes=parse_shapes(args.shape))
+    from .cli_quant import with_calibration
+
+    passes = with_calibration(args.passes or compiler.DEFAULT_PIPELINE, args.calib, args.quiet)
     artifact = compiler.compile(
-        model, target=args.target, passes=args.passes or compiler.DEFAULT_PIPELINE, output=args.output, check=not args.no_check, progress=say, **options
+        model, target=args.target, passes=passes, output=args.output, check=not args.no_check, progress=say, **options
     )
     report = artifact.extras["report"]
     if not args.quiet:
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--passes", default=None,
                                 help="pipeline, e.g. 'cleanup,fuse' (the default; see 'optc passes')")
     compile_parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224 (repeatable)")
+    compile_parser.add_argument("--calib", help="calibration data for quant(...) passes: .npz keyed by input name, first axis = samples")
     compile_parser.add_argument("--no-check", action="store_true", help="skip the numerical checks against the reference")
     compile_parser.add_argument("--explain", action="store_true",
                                 help="per rewrite rule: how often it fired and why it refused candidates")

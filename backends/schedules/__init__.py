@@ -39,6 +39,7 @@ from .attention import Attention
 from .conv import Conv2d, ConvConfig, DepthwiseConv2d
 from .fast_math import rewrite_fast_math
 from .matmul import Matmul, MatmulConfig
+from .quant import IntegerConv2d, IntegerMatmul, WeightOnlyMatmul
 from .transpose import Transpose
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
-    return [Matmul(), Conv2d(), DepthwiseConv2d(), Attention(), Transpose()]
+    return [Matmul(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), IntegerConv2d(), DepthwiseConv2d(), Attention(),
+            Transpose()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None) -> tuple[tirx.PrimFunc, str] | None:

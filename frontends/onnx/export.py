@@ -30,6 +30,7 @@ from ...ir.graph import Graph, Value
 from ...ir.ops import all_ops, registry
 from ...ir.ops.nn import ACTIVATIONS
 from ...ir.types import FLOAT_DTYPES, TensorType
+from .export_quant import QUANT_ONNX_EMITTERS
 
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17, so older runtimes load the file too
@@ -535,6 +536,7 @@ ONNX_EMITTERS: dict[str, Emitter] = {
     "nn.softmax": _simple("Softmax", axis="axis"), "nn.log_softmax": _simple("LogSoftmax", axis="axis"),
     "nn.linear": _activated(_linear), "nn.attention": _attention,
 }
+ONNX_EMITTERS.update(QUANT_ONNX_EMITTERS)  # quant.*: frontends/onnx/export_quant.py
 
 
 def missing_onnx_emitters() -> list[str]:

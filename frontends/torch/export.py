@@ -39,6 +39,7 @@ from ...ir.graph import Graph, Value
 from ...ir.ops import all_ops
 from ...ir.ops.nn import ACTIVATIONS
 from ...ir.types import FLOAT_DTYPES
+from .export_quant import QUANT_TORCH_FUNCTIONS
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
@@ -448,6 +449,7 @@ TORCH_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "nn.layer_norm": layer_norm, "nn.rms_norm": rms_norm, "nn.lrn": lrn, "nn.softmax": softmax,
     "nn.log_softmax": log_softmax, "nn.linear": linear, "nn.attention": attention,
 }
+TORCH_FUNCTIONS.update(QUANT_TORCH_FUNCTIONS)  # quant.*: frontends/torch/export_quant.py
 
 # inputs that hold statistics, not weights: exported as buffers by the default ``trainable``
 NOT_TRAINED_INPUTS: dict[str, frozenset[int]] = {"nn.batch_norm": frozenset({3, 4})}

@@ -348,6 +348,25 @@ REDUCE_LINALG: dict[str, Case] = {
     "linalg.matmul/matrix-vector": lambda s: s.op("linalg.matmul", s.input((3, 4)), s.input((4,))),
     "linalg.matmul/vector-vector": lambda s: s.op("linalg.matmul", s.input((4,)), s.input((4,))),
     "linalg.matmul/int32": lambda s: s.op("linalg.matmul", s.input((3, 4), "int32"), s.input((4, 2), "int32")),
+    # quant.* (bit-exact integer semantics; tests/quant covers them in depth)
+    "quant.quantize/uint8-zero-point": lambda s: s.op("quant.quantize", s.input((2, 5)), s.param(np.float32(0.02)),
+                                                      s.param(np.uint8(128)), dtype="uint8"),
+    "quant.dequantize/per-channel": lambda s: s.op("quant.dequantize", s.input((2, 3, 4), "int8", low=-128, high=128),
+                                                   s.param(np.array([0.1, 0.2, 0.3], np.float32)), axis=1),
+    "quant.requantize": lambda s: s.op("quant.requantize", s.input((2, 3), "int32", low=-40000, high=40000),
+                                       s.param(np.int32(1 << 30)), s.param(np.int32(38)), zero_point=5),
+    "quant.conv/zero-point-padding": lambda s: s.op("quant.conv", s.input((1, 2, 5, 5), "uint8", low=0, high=256),
+                                                    s.param(np.arange(-36, 36).reshape(4, 2, 3, 3).astype(np.int8)),
+                                                    x_zero_point=100, pads=(1, 1, 1, 1)),
+    "quant.linear": lambda s: s.op("quant.linear", s.input((3, 8), "int8", low=-128, high=128),
+                                   s.param(np.arange(-16, 16).reshape(8, 4).astype(np.int8)),
+                                   s.param(np.arange(4, dtype=np.int32)), x_zero_point=-3),
+    "quant.matmul/zero-points": lambda s: s.op("quant.matmul", s.input((2, 3, 8), "uint8", low=0, high=256),
+                                               s.input((2, 8, 4), "int8", low=-128, high=128), a_zero_point=128, b_zero_point=-2),
+    "quant.dynamic_quantize": lambda s: s.ops("quant.dynamic_quantize", s.input((3, 7))),
+    "quant.weight_matmul/int4": lambda s: s.op("quant.weight_matmul", s.input((2, 8)),
+                                               s.param(np.arange(32).reshape(4, 8).astype(np.uint8) * 7),
+                                               s.param(np.full((2, 8), 0.1, np.float32)), bits=4, group_size=4),
 }
 
 

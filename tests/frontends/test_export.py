@@ -156,6 +156,23 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("nn.attention", [Q, K, V, np.where(ATTENTION_MASK, 0.0, -np.inf).astype("float32")], {}),
     ("nn.attention", SQUARE, {"causal": True}),
     ("nn.attention", [*SQUARE, mask(1, 2, 5, 5)], {"causal": True}),
+    # quant.*: integer semantics, so the comparisons are exact
+    ("quant.quantize", [X * 3, np.array(0.05, "float32"), np.array(120, "uint8")], {"dtype": "uint8"}),
+    ("quant.quantize", [X, np.array([0.01, 0.02, 0.03], "float32")], {"axis": 1, "dtype": "int8"}),
+    ("quant.dequantize", [ints(2, 3, 4, low=-128, high=128).astype("int8"), np.array([0.1, 0.2, 0.3], "float32"),
+                          np.array([1, -2, 3], "int8")], {"axis": 1}),
+    ("quant.requantize", [ints(2, 3, low=-40000, high=40000).astype("int32"), np.array([1 << 30, 3 << 28, 1 << 29], "int32"),
+                          np.array([38, 37, 36], "int32")], {"axis": 1, "zero_point": -5, "min": -128, "max": 100}),
+    ("quant.conv", [ints(1, 4, 5, 5, low=0, high=256).astype("uint8"), ints(3, 4, 3, 3, low=-127, high=128).astype("int8"),
+                    ints(3, low=-999, high=999).astype("int32")], {"x_zero_point": 120, "pads": (1, 1, 1, 1)}),
+    ("quant.linear", [ints(2, 5, 8, low=-128, high=128).astype("int8"), ints(8, 3, low=-127, high=128).astype("int8"),
+                      ints(3, low=-99, high=99).astype("int32")], {"x_zero_point": 7}),
+    ("quant.matmul", [ints(2, 3, 8, low=0, high=256).astype("uint8"), ints(2, 8, 4, low=0, high=256).astype("uint8")],
+     {"a_zero_point": 128, "b_zero_point": 100}),
+    ("quant.dynamic_quantize", [X], {}),
+    ("quant.weight_matmul", [SEQ, ints(4, 3, low=0, high=256).astype("uint8"), positive(2, 3) / 10, randn(3)],
+     {"bits": 4, "group_size": 4, "activation": "relu"}),
+    ("quant.weight_matmul", [SEQ, ints(8, 3, low=-127, high=128).astype("int8"), positive(1, 3) / 10], {"bits": 8, "group_size": 8}),
 ]
 
 

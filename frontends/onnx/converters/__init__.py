@@ -1,5 +1,5 @@
 """ONNX op converters, one module per family; importing this package registers them all."""
 
-from . import control, elementwise, nn, reduce, resize, sequence, tensor  # noqa: F401
+from . import control, elementwise, nn, quant, reduce, resize, sequence, tensor  # noqa: F401
 
-__all__ = ["control", "elementwise", "nn", "reduce", "resize", "sequence", "tensor"]
+__all__ = ["control", "elementwise", "nn", "quant", "reduce", "resize", "sequence", "tensor"]

@@ -1,0 +1,37 @@
+"""The integer CPU schedules match the kernels the quant ops lower to (else they run as naive loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from optc.backends.lower import lower_graph
+from optc.backends.schedules import ApplySchedules
+from optc.backends.targets import get_target
+from optc.ir import Graph, TensorType
+from optc.ir.ops.quant import pack_int4
+
+
+def scheduled_rules(graph: Graph) -> set[str]:
+    target = get_target("cpu")
+    module = lower_graph(graph)
+    applier = ApplySchedules()
+    with target.tvm_target():
+        module = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(module))
+        applier(module)
+    return set(applier.applied.values())
+
+
+def test_integer_conv_matmul_and_weight_only_kernels_are_scheduled() -> None:
+    rng = np.random.default_rng(0)
+    graph = Graph("kernels")
+    image = graph.add_input("image", TensorType((1, 16, 8, 8), "int8"))
+    conv = graph.op("quant.conv", image, graph.add_param("w", rng.integers(-127, 128, (32, 16, 3, 3)).astype(np.int8)),
+                    graph.add_param("b", np.zeros(32, np.int32)))
+    rows = graph.add_input("rows", TensorType((8, 64), "int8"))
+    linear = graph.op("quant.linear", rows, graph.add_param("wl", rng.integers(-127, 128, (64, 32)).astype(np.int8)))
+    x = graph.add_input("x", TensorType((8, 64), "float32"))
+    weight_only = graph.op("quant.weight_matmul", x, graph.add_param("w4", pack_int4(rng.integers(-8, 8, (64, 32)))),
+                           graph.add_param("s4", np.ones((1, 32), np.float32)), bits=4, group_size=64)
+    graph.outputs = [conv, linear, weight_only]
+    assert {"IntegerConv2d", "IntegerMatmul", "WeightOnlyMatmul"} <= scheduled_rules(graph)
