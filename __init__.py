@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": ("compiler", "load"),
     "compile": ("compiler", "compile"),
+    "compile_entries": ("compiler", "compile_entries"),
     "capture": ("frontends.torch", "capture"),
     "load_onnx": ("frontends.onnx", "load_onnx"),
     "load_artifact": ("backends.artifact", "load_artifact"),

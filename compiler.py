@@ -127,3 +127,87 @@ def compile(  # noqa: A001 - the public name users expect
         say(f"writing artifact to {output}")
         artifact.path = write_artifact(output, graph, compiled, manifest)
     return artifact
+
+
+def compile_entries(
+    entries: Mapping[str, Any],
+    target: str = "cpu",
+    passes: str | list = DEFAULT_PIPELINE,
+    output: str | Path | None = None,
+    *,
+    state: Mapping[str, Mapping[str, Any]] | None = None,
+    check: bool = True,
+    check_feeds: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    target_options: Mapping[str, Any] | None = None,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> Any:
+    """Compile several entry points that share state into one artifact; returns an ``Artifact``.
+
+    ``entries`` maps entry point names to models (Graphs, ONNX paths, ...), the default first;
+    ``state`` is the state table of ``backends.entries`` (which input reads and which output
+    writes each persistent buffer). Every entry runs ``passes`` on its own; the state inputs and
+    outputs must survive them. ``check_feeds`` gives per-entry feeds for the check against the
+    reference interpreter (seeded random feeds otherwise, which may be out of range for a
+    position input). ``artifact.entry(name)``, ``artifact.session()`` and ``optc run --entry``
+    use the result.
+
+        split = derive_kv_cache(graph, prompt_length=8)
+        artifact = optc.compile_entries(split.entries, state=split.state, output="out/gpt2-kv")
+    """
+    from .backends import compile_graph
+    from .backends.artifact import Artifact, write_artifact
+    from .backends.entries import EntryModel, check_entry_name, resolve_state
+    from .backends.targets import get_target
+    from .errors import InputError
+    from .passes import PassManager
+    from .passes.report import compare_outputs
+
+    say = progress or (lambda message: logger.info(message))
+    if not entries:
+        raise InputError("compile_entries needs at least one entry point")
+    graphs: dict[str, Graph] = {}
+    for name, model in entries.items():
+        graphs[check_entry_name(name)] = load(model)
+        verify(graphs[name])
+    resolve_state(graphs, state)  # names checked before any pass runs
+    target_object = get_target(target, **dict(target_options or {}))
+    pipeline_text = passes if isinstance(passes, str) else ",".join(getattr(p, "pass_name", type(p).__name__) for p in passes)
+    reports, checks, models = {}, {}, {}
+    for name, graph in graphs.items():
+        say(f"entry point '{name}': running passes {pipeline_text or '(none)'}")
+        feeds = dict((check_feeds or {}).get(name) or sample_inputs(graph, seed=0))
+        manager = PassManager(passes, verify=True, check_numerics=check, sample_feeds=feeds, progress=say)
+        reports[name] = manager.run(graph)
+        say(f"entry point '{name}': compiling for {target} ({len(graph.nodes)} nodes)")
+        if hasattr(target_object, "compile_graph"):  # a target without the Relax VM (mcu: a C bundle)
+            models[name] = target_object.compile_graph(graph)
+        else:
+            models[name] = compile_graph(graph, target_object)
+        if check:
+            reference = manager.outputs if manager.outputs is not None else interpret(graph, feeds)
+            error, cosine = compare_outputs(reference, models[name].run(feeds))
+            checks[name] = {"max_abs_error": error, "cosine": cosine}
+            if not np.isfinite(error) or cosine < 0.999:
+                logger.warning("entry point %s differs from the reference: max|err|=%g cosine=%g", name, error, cosine)
+    buffers = resolve_state(graphs, state)  # and again: the passes must have kept them
+    default = next(iter(graphs))
+    manifest: dict[str, Any] = {
+        "target": target_object.describe(),
+        "pipeline": pipeline_text,
+        "report": reports[default].to_json(),
+        "entry_reports": {name: report.to_json() for name, report in reports.items()},
+        "source": source or type(next(iter(entries.values()))).__name__,
+        "state": {name: buffer.to_json() for name, buffer in buffers.items()},
+    }
+    if check:
+        manifest["check"] = dict(checks[default], inputs="seeded random, seed 0, or the caller's check_feeds")
+        manifest["entry_checks"] = checks
+    artifact = Artifact(manifest=manifest, graph=graphs[default], compiled=models[default],
+                        extras={"report": reports[default], "reports": reports},
+                        entries=EntryModel(models, buffers))
+    if output is not None:
+        say(f"writing artifact with entry points {', '.join(graphs)} to {output}")
+        artifact.path = write_artifact(output, graphs[default], models[default], manifest,
+                                       entries={name: (graphs[name], models[name]) for name in graphs})
+    return artifact

@@ -5,6 +5,12 @@ and the directory are fsynced, then the staging directory is renamed into place.
 point leaves the destination as it was. Loading checks the format version and the sha256 and size
 of every listed file before any library is opened, so a modified artifact is refused before
 ``dlopen`` can run its code.
+
+An artifact may hold several entry points (``write_artifact(..., entries=...)``): the first is
+stored at the top level exactly like a single-entry artifact, so every tool that reads one
+graph and one library keeps working on it; the others live in ``entries/<name>/`` with their own
+graph and library (``backends.entry_artifacts``). The manifest lists them all under ``entries``
+with their signatures and the state buffers they share under ``state`` (``backends.entries``).
 """
 
 from __future__ import annotations
@@ -68,13 +74,33 @@ class Artifact:
     compiled: Any  # backends.runtime.CompiledModel
     path: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    entries: Any = None  # backends.entries.EntryModel when the artifact has several entry points
 
     @property
     def target(self) -> str:
         return str(self.manifest["target"]["name"])
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.compiled.run(feeds)
+    @property
+    def entry_names(self) -> list[str]:
+        """The entry points, default first (a single-entry artifact has one, named by its graph)."""
+        return self.entries.names if self.entries is not None else [self.graph.name]
+
+    def entry(self, name: str | None = None) -> Any:
+        """The ``CompiledModel`` of one entry point; None (or the only one's name) is the default."""
+        if self.entries is not None:
+            return self.entries.entry(name)
+        if name is not None and name != self.graph.name:
+            raise ArtifactError(f"this artifact has one entry point ('{self.graph.name}'), not '{name}'")
+        return self.compiled
+
+    def session(self) -> Any:
+        """A ``backends.entries.Session`` over the entry points, holding their state between calls."""
+        from .entries import EntryModel
+
+        return (self.entries or EntryModel({self.graph.name: self.compiled})).session()
+
+    def run(self, feeds: Mapping[str, np.ndarray], entry: str | None = None) -> dict[str, np.ndarray]:
+        return self.entry(entry).run(feeds)
 
 
 def write_artifact(
@@ -82,12 +108,15 @@ def write_artifact(
     graph: Graph,
     compiled: Any,
     manifest: dict[str, Any],
+    entries: Mapping[str, tuple[Graph, Any]] | None = None,
 ) -> Path:
     """Publish graph + library + manifest at ``destination`` atomically; returns the path.
 
-    ``manifest`` holds the caller's fields (target, pipeline, report, source); format, signature,
-    tool versions and file hashes are added here. An existing artifact at ``destination`` is
-    replaced; any other existing file or non-empty directory is refused.
+    ``manifest`` holds the caller's fields (target, pipeline, report, source, state); format,
+    signature, tool versions and file hashes are added here. ``entries`` maps entry point names to
+    (graph, compiled model) with the default entry first, ``graph``/``compiled`` itself: it is
+    stored at the top level, the others under ``entries/<name>/``. An existing artifact at
+    ``destination`` is replaced; any other existing file or non-empty directory is refused.
     """
     destination = Path(destination).absolute()
     if destination.exists() and not _replaceable(destination):
@@ -99,6 +128,10 @@ def write_artifact(
     try:
         files = serialize.save(graph, staging) + list(compiled.export(staging))
         full = dict(manifest)
+        if entries:
+            from .entry_artifacts import write_entries
+
+            full.update(write_entries(staging, graph, entries, files))
         full.update(
             format=FORMAT,
             format_version=FORMAT_VERSION,
@@ -191,4 +224,9 @@ def load_artifact(path: str | Path) -> Artifact:
     graph = serialize.load(directory)
     target = get_target(manifest["target"]["name"])
     compiled = target.load(directory, graph, manifest)
-    return Artifact(manifest=manifest, graph=graph, compiled=compiled, path=directory)
+    artifact = Artifact(manifest=manifest, graph=graph, compiled=compiled, path=directory)
+    if "entries" in manifest:
+        from .entry_artifacts import load_entries
+
+        artifact.entries = load_entries(directory, manifest, target, graph, compiled)
+    return artifact

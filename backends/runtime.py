@@ -68,6 +68,26 @@ class CompiledModel:
         result = self._main(*self._arguments(feeds), *self._params)
         return {value.name: result[index].numpy() for index, value in enumerate(self.graph.outputs)}
 
+    def run_device(self, feeds: Mapping[str, Any]) -> dict[str, tvm.runtime.Tensor]:
+        """Like ``run``, but the outputs stay device tensors and a feed may be one already.
+
+        A ``Session`` keeps state buffers on the device between calls with it.
+        """
+        on_device = {name: value for name, value in feeds.items() if isinstance(value, tvm.runtime.Tensor)}
+        for value in self.graph.inputs:
+            tensor = on_device.get(value.name)
+            if tensor is not None and (str(tensor.dtype) != value.dtype or len(tensor.shape) != value.type.rank or any(
+                    isinstance(dim, int) and dim != actual for dim, actual in zip(value.shape, tensor.shape))):
+                raise InputError(
+                    f"input '{value.name}' must be {value.dtype}{list(value.shape)}, got {tensor.dtype}{list(tensor.shape)}"
+                )
+        placeholders = {name: np.empty(tuple(t.shape), str(t.dtype)) for name, t in on_device.items()}
+        arrays = {name: value for name, value in feeds.items() if name not in on_device}
+        converted = dict(zip(self.input_names, self._arguments({**arrays, **placeholders}, skip=set(on_device))))
+        converted.update(on_device)
+        result = self._main(*[converted[name] for name in self.input_names], *self._params)
+        return {value.name: result[index] for index, value in enumerate(self.graph.outputs)}
+
     def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
         """A zero-argument callable that runs the model once on ``feeds`` (checked and converted now).
 
@@ -109,11 +129,13 @@ class CompiledModel:
                 f"{_shorten(actual)}, the graph gives {_shorten(expected)} (recompile the graph)"
             )
 
-    def _arguments(self, feeds: Mapping[str, np.ndarray]) -> list[tvm.runtime.Tensor]:
+    def _arguments(self, feeds: Mapping[str, np.ndarray], skip: set[str] | None = None) -> list[Any]:
+        """Checked feeds as device tensors in input order (names in ``skip`` are checked only)."""
         checked = check_inputs(self.graph, feeds)
         self._check_symbols(checked)
         return [
-            tvm.runtime.tensor(_contiguous(checked[value.name]), self._device) for value in self.graph.inputs
+            None if skip and value.name in skip else tvm.runtime.tensor(_contiguous(checked[value.name]), self._device)
+            for value in self.graph.inputs
         ]
 
     def _check_symbols(self, feeds: Mapping[str, np.ndarray]) -> None:

@@ -114,15 +114,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..ir.interpret import sample_inputs
 
     artifact = load_artifact(args.artifact)
+    model = artifact.entry(args.entry)  # --entry NAME: one entry point of a multi-entry artifact
     if args.inputs:
         feeds = load_feeds(args.inputs)
     else:
-        feeds = sample_inputs(artifact.graph, seed=args.seed)
+        feeds = sample_inputs(model.graph, seed=args.seed)
         print(f"no --inputs given: using seeded random inputs (seed {args.seed})")
     start = time.perf_counter()
-    outputs = artifact.run(feeds)
+    outputs = model.run(feeds)
     seconds = time.perf_counter() - start
-    print(f"ran {args.artifact} on {artifact.target} in {seconds * 1e3:.1f} ms")
+    entry = f" entry '{args.entry}'" if args.entry else ""
+    print(f"ran {args.artifact}{entry} on {artifact.target} in {seconds * 1e3:.1f} ms")
     for name, array in outputs.items():
         print(summarize(name, array))
     if args.save:
@@ -158,6 +160,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         manifest = read_manifest(path)
         print(f"target: {json.dumps(manifest['target'])}")
         print(f"pipeline: {manifest.get('pipeline')}")
+        for name, entry in manifest.get("entries", {}).items():
+            signature = ", ".join(f"{item['name']}: {item['dtype']}{item['shape']}" for item in entry["inputs"])
+            print(f"entry point {name}{' (default)' if name == manifest.get('default_entry') else ''}: ({signature})")
+        for name, state in manifest.get("state", {}).items():
+            print(f"state {name}: {state['dtype']}{state['shape']} init {state['init']}, read by {state['inputs']}, "
+                  f"written by {state['outputs']}")
         print(f"created: {manifest.get('created')}  tools: {json.dumps(manifest.get('tools'))}")
         if manifest.get("check"):
             print(f"check: {json.dumps(manifest['check'])}")
@@ -222,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
     run_parser.add_argument("--save", help="write outputs to this .npz")
     run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.add_argument("--entry", help="entry point of a multi-entry artifact (default: its first; "
+                                            "'optc inspect' lists them)")
     run_parser.set_defaults(func=cmd_run)
 
     inspect_parser = sub.add_parser("inspect", help="describe a model or an artifact")

@@ -1,6 +1,6 @@
 """optc IR -> Relax: one lowering table, split by op family, and ``lower_graph``."""
 
-from . import elementwise, linalg, nn, quant, reduce, tensor  # noqa: F401  (fill the lowering table)
+from . import cache, elementwise, linalg, nn, quant, reduce, tensor  # noqa: F401  (fill the lowering table)
 from .context import LowerContext
 from .module import ENTRY, function_params, lower_graph, parameter_name
 from .table import LOWERINGS, lowering_for, lowers, missing_lowerings

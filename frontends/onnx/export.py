@@ -263,6 +263,28 @@ def _slice(b: OnnxBuilder, call: Call) -> None:
     b.emit("Slice", inputs, call, call.outputs)  # ONNX clamps out-of-range bounds as Python does
 
 
+def _cache_update(b: OnnxBuilder, call: Call) -> None:
+    # every cache slot takes the update entry at (slot - position) where that lies in the update
+    cache_type, update_type = call.input_types[0], call.input_types[1]
+    rank = cache_type.rank
+    axis = call.attrs["axis"] % rank
+    capacity, count = cache_type.shape[axis], update_type.shape[axis]
+    if not isinstance(capacity, int) or not isinstance(count, int):
+        raise OptcError(f"{call.name}: cache.update over a symbolic capacity cannot export to ONNX")
+    along = [1] * rank
+    along[axis] = capacity
+    slots = b.const(np.arange(capacity, dtype=np.int64).reshape(along), "slots")
+    position = b.one("Cast", [b.one("Reshape", [call.inputs[2], b.ints([1] * rank, "ones")], call)], call,
+                     to=onnx.TensorProto.INT64)
+    offset = b.one("Sub", [slots, position], call)
+    zero = b.const(np.asarray(0, dtype=np.int64), "zero")
+    inside = b.one("And", [b.one("GreaterOrEqual", [offset, zero], call),
+                           b.one("Less", [offset, b.const(np.asarray(count, dtype=np.int64), "count")], call)], call)
+    index = b.one("Reshape", [b.one("Where", [inside, offset, zero], call), b.ints([capacity], "capacity")], call)
+    moved = b.one("Gather", [call.inputs[1], index], call, axis=axis)
+    b.emit("Where", [inside, moved, call.inputs[0]], call, call.outputs)
+
+
 def _expand(b: OnnxBuilder, call: Call) -> None:
     # Expand broadcasts both ways, as NumPy; a size no input carries must equal the input's: 1 keeps it
     b.emit("Expand", [call.inputs[0], _shape_input(b, call, call.attrs["shape"], 1)], call, call.outputs)
@@ -526,6 +548,7 @@ ONNX_EMITTERS: dict[str, Emitter] = {
     # tensor.*
     "tensor.reshape": _reshape, "tensor.transpose": _simple("Transpose", perm="perm"),
     "tensor.concat": _simple("Concat", axis="axis"), "tensor.split": _split, "tensor.slice": _slice,
+    "cache.update": _cache_update,
     "tensor.gather": _simple("Gather", axis="axis"), "tensor.expand": _expand, "tensor.tile": _tile, "tensor.pad": _pad,
     # nn.*
     "nn.conv": _activated(_conv),

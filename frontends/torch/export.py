@@ -200,6 +200,12 @@ def gather(x: torch.Tensor, indices: torch.Tensor, *, axis: int) -> torch.Tensor
     return picked.reshape(tuple(x.shape[:axis]) + tuple(indices.shape) + tuple(x.shape[axis + 1 :]))
 
 
+def cache_update(cache: torch.Tensor, update: torch.Tensor, position: torch.Tensor, *, axis: int) -> torch.Tensor:
+    axis %= cache.dim()
+    slots = position.reshape(()).to(torch.int64) + torch.arange(update.shape[axis], device=cache.device)
+    return cache.index_copy(axis, slots, update)
+
+
 def expand(x: torch.Tensor, *, shape: Sequence[Any]) -> torch.Tensor:
     # NumPy broadcasting both ways (a 1 in ``shape`` keeps x's size); a symbolic size equals x's
     target = torch.broadcast_shapes(tuple(x.shape), tuple(1 if isinstance(dim, str) else dim for dim in shape))
@@ -442,6 +448,7 @@ TORCH_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "reduce.log_sum_exp": reduce_log_sum_exp, "reduce.argmax": argmax, "reduce.argmin": argmin,
     # tensor.*
     "tensor.reshape": reshape, "tensor.transpose": transpose, "tensor.concat": concat, "tensor.split": split,
+    "cache.update": cache_update,
     "tensor.slice": slice_, "tensor.gather": gather, "tensor.expand": expand, "tensor.tile": tile, "tensor.pad": pad,
     # nn.*
     "nn.conv": conv, "nn.conv_transpose": conv_transpose, "nn.max_pool": max_pool, "nn.avg_pool": avg_pool,

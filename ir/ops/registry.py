@@ -190,7 +190,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import elementwise, linalg, nn, quant, reduce, tensor  # noqa: F401  (registers ops)
+        from . import cache, elementwise, linalg, nn, quant, reduce, tensor  # noqa: F401  (registers ops)
 
 
 # ---- shape helpers shared by the family files --------------------------------------------------

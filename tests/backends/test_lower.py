@@ -239,6 +239,10 @@ TENSOR: dict[str, Case] = {
     "tensor.pad/reflect-wider-than-dim": lambda s: s.op("tensor.pad", s.input((3, 4)), pads=(0, 7, 4, 9), mode="reflect"),
     "tensor.pad/negative-crops": lambda s: s.op("tensor.pad", s.input((3, 6)), pads=(-1, 2, 1, -3)),
     "tensor.pad/int32": lambda s: s.op("tensor.pad", s.input((2, 3), "int32"), pads=(1, 0, 0, 2), value=7.0),
+    "cache.update/middle": lambda s: s.op("cache.update", s.input((1, 2, 6, 3)), s.input((1, 2, 2, 3)),
+                                          s.input((1,), "int64", values=[3]), axis=2),
+    "cache.update/last-slot-int32-position": lambda s: s.op("cache.update", s.input((5, 4)), s.input((1, 4)),
+                                                            s.input((), "int32", values=[4]), axis=0),
 }
 
 

@@ -156,6 +156,9 @@ CASES: list[tuple[str, list[np.ndarray], dict]] = [
     ("nn.attention", [Q, K, V, np.where(ATTENTION_MASK, 0.0, -np.inf).astype("float32")], {}),
     ("nn.attention", SQUARE, {"causal": True}),
     ("nn.attention", [*SQUARE, mask(1, 2, 5, 5)], {"causal": True}),
+    # cache.update: a KV-cache append at a runtime position (the window inside and at the end)
+    ("cache.update", [randn(1, 2, 6, 4), randn(1, 2, 1, 4), np.array([3], "int64")], {"axis": 2}),
+    ("cache.update", [randn(1, 2, 6, 4), randn(1, 2, 2, 4), np.array(4, "int32")], {"axis": -2}),
     # quant.*: integer semantics, so the comparisons are exact
     ("quant.quantize", [X * 3, np.array(0.05, "float32"), np.array(120, "uint8")], {"dtype": "uint8"}),
     ("quant.quantize", [X, np.array([0.01, 0.02, 0.03], "float32")], {"axis": 1, "dtype": "int8"}),
