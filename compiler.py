@@ -100,20 +100,25 @@ def compile(  # noqa: A001 - the public name users expect
     graph = load(model, example_inputs=example_inputs, input_shapes=input_shapes, input_names=input_names,
                  output_names=output_names)
     verify(graph)
-    target_object = get_target(target)
+    target_object = get_target(target, **dict(target_options or {}))
     pipeline_text = passes if isinstance(passes, str) else ",".join(getattr(p, "pass_name", type(p).__name__) for p in passes)
     say(f"running passes: {pipeline_text or '(none)'}")
     feeds = sample_inputs(graph, seed=0)
     manager = PassManager(passes, verify=True, check_numerics=check, sample_feeds=feeds, progress=say)
     report = manager.run(graph)
     say(f"compiling for {target} ({len(graph.nodes)} nodes)")
-    compiled = compile_graph(graph, target, **dict(target_options or {}))
+    if hasattr(target_object, "compile_graph"):  # a target without the Relax VM (mcu: a C bundle)
+        compiled = target_object.compile_graph(graph)
+    else:
+        compiled = compile_graph(graph, target, **dict(target_options or {}))
     manifest: dict[str, Any] = {
         "target": target_object.describe(),
         "pipeline": pipeline_text,
         "report": report.to_json(),
         "source": source or (str(model) if isinstance(model, (str, Path)) else type(model).__name__),
     }
+    if getattr(compiled, "memory", None):
+        manifest["memory"] = {key: value for key, value in compiled.memory.items() if key != "steps"}
     if check:
         say("checking the compiled model against the reference interpreter")
         reference = manager.outputs if manager.outputs is not None else interpret(graph, feeds)

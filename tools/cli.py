@@ -70,11 +70,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     else:
         model = args.model
         options = dict(input_shapes=parse_shapes(args.shape))
+    from .cli_deploy import target_options
     from .cli_quant import with_calibration
 
     passes = with_calibration(args.passes or compiler.DEFAULT_PIPELINE, args.calib, args.quiet)
     artifact = compiler.compile(
-        model, target=args.target, passes=passes, output=args.output, check=not args.no_check, progress=say, **options
+        model, target=args.target, passes=passes, output=args.output, check=not args.no_check, progress=say,
+        target_options=target_options(args), **options
     )
     report = artifact.extras["report"]
     if not args.quiet:
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument("--explain", action="store_true",
                                 help="per rewrite rule: how often it fired and why it refused candidates")
     compile_parser.add_argument("-q", "--quiet", action="store_true", help="no progress or report")
+    from .cli_deploy import add_mcu_options, register_deploy
+
+    add_mcu_options(compile_parser)
     compile_parser.set_defaults(func=cmd_compile)
 
     run_parser = sub.add_parser("run", help="run a compiled artifact")
@@ -257,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list the available passes").set_defaults(func=cmd_passes)
     sub.add_parser("examples", help="list the embedded example models").set_defaults(func=cmd_examples)
+    register_deploy(sub)
     return parser
 
 
