@@ -203,6 +203,20 @@ class Graph:
         for value in node.outputs:
             self._names.discard(value.name)
 
+    def rebuild_node(self, node: Node, inputs: Sequence[Value], attrs: dict[str, Any]) -> Node:
+        """Replace ``node`` by the same op on ``inputs`` with ``attrs`` (types inferred again),
+        keeping its node and output names; returns the new node."""
+        name, output_names = node.name, [value.name for value in node.outputs]
+        temporary = self.add_node(node.op, inputs, attrs, name=name + ".rebuilt", before=node)
+        for old, new in zip(node.outputs, temporary.outputs):
+            self.replace_all_uses(old, new)
+        self.remove_node(node)
+        final = self.add_node(node.op, inputs, attrs, name=name, before=temporary, output_names=output_names)
+        for old, new in zip(temporary.outputs, final.outputs):
+            self.replace_all_uses(old, new)
+        self.remove_node(temporary)
+        return final
+
     def remove_dead_nodes(self) -> int:
         """Remove the nodes and params nothing reads (outputs count as read); returns how many."""
         removed = 0

@@ -234,7 +234,7 @@ def apply_slicing(graph: Graph, slicer: Slicer) -> int:
         output_types = node.opdef.infer([value.type for value in inputs], attrs, where=node.name)
         if not takes and attrs == node.attrs and output_types == [value.type for value in node.outputs]:
             continue
-        _rebuild(graph, node, inputs, attrs)
+        graph.rebuild_node(node, inputs, attrs)
         changed += 1
     graph.remove_unused_params()
     for value, name in replaced_params.items():
@@ -242,19 +242,6 @@ def apply_slicing(graph: Graph, slicer: Slicer) -> int:
             graph.rename_value(value, name)  # the original is gone when every use was sliced
     _check_sizes(graph, slicer)
     return changed
-
-
-def _rebuild(graph: Graph, node: Node, inputs: list[Value], attrs: dict[str, Any]) -> None:
-    """Replace ``node`` by the same op on ``inputs`` with ``attrs``, under the same names."""
-    name, output_names = node.name, [value.name for value in node.outputs]
-    temporary = graph.add_node(node.op, inputs, attrs, name=name, before=node)
-    for old, new in zip(node.outputs, temporary.outputs):
-        graph.replace_all_uses(old, new)
-    graph.remove_node(node)
-    final = graph.add_node(node.op, inputs, attrs, name=name, before=temporary, output_names=output_names)
-    for old, new in zip(temporary.outputs, final.outputs):
-        graph.replace_all_uses(old, new)
-    graph.remove_node(temporary)
 
 
 def _check_sizes(graph: Graph, slicer: Slicer) -> None:

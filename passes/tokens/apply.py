@@ -10,7 +10,7 @@ from ...ir.graph import Graph, Node, Value
 from ...ir.ops.registry import normalize_axis
 from ...ir.verify import verify
 from .find import TokenBlock
-from .flow import HOOKS, RULES, Dims, TokenFlow, dim_tagged, old_size, rebuild, token_dim
+from .flow import HOOKS, RULES, Dims, TokenFlow, dim_tagged, old_size, token_dim
 from .reduce import Emitter, attention_scores, follow, log_sizes_mask, merge, norm_scores, prune, weighted_mean
 
 METHODS = ("merge", "prune")
@@ -183,7 +183,7 @@ def _attention(flow: TokenFlow, node: Node, in_dims: list[Dims]) -> Node | None:
     flow.set(inputs[3], tuple(mask_dims))
     dims = dims[:3] + [tuple(mask_dims)]
     attrs, out_dims = RULES["nn.attention"](flow, node, dims)
-    rebuilt = rebuild(flow.graph, node, inputs, attrs)
+    rebuilt = flow.graph.rebuild_node(node, inputs, attrs)
     flow.set(rebuilt.outputs[0], out_dims[0])
     return rebuilt
 

@@ -140,27 +140,13 @@ class TokenFlow:
                                  f"token passes do not know how {node.op} treats tokens; reduce tokens after it "
                                  f"(start=) or not at all")
         attrs, out_dims = handler(self, node, in_dims)
-        rebuilt = rebuild(self.graph, node, list(node.inputs), attrs)
+        rebuilt = self.graph.rebuild_node(node, list(node.inputs), attrs)
         for value, dims in zip(rebuilt.outputs, out_dims):
             self.set(value, dims)
         return rebuilt
 
     def fail(self, node: Node, why: str) -> TokenFlowError:
         return TokenFlowError(f"node {node.name} ({node.op}): {why}")
-
-
-def rebuild(graph: Graph, node: Node, inputs: list[Value], attrs: dict[str, Any]) -> Node:
-    """Replace ``node`` by the same op on ``inputs`` with ``attrs``, keeping node and output names."""
-    name, output_names = node.name, [value.name for value in node.outputs]
-    temporary = graph.add_node(node.op, inputs, attrs, name=name + ".retyped", before=node)
-    for old, new in zip(node.outputs, temporary.outputs):
-        graph.replace_all_uses(old, new)
-    graph.remove_node(node)
-    final = graph.add_node(node.op, inputs, attrs, name=name, before=temporary, output_names=output_names)
-    for old, new in zip(temporary.outputs, final.outputs):
-        graph.replace_all_uses(old, new)
-    graph.remove_node(temporary)
-    return final
 
 
 # ---- rules ---------------------------------------------------------------------------------------

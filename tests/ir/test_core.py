@@ -188,3 +188,18 @@ def test_interpreter_binds_symbolic_dims_for_expand_and_reshape():
     out = interpret(graph, {"x": np.zeros((4, 3), "float32")})[graph.outputs[0].name]
     assert out.shape == (4, 3, 1)
     np.testing.assert_array_equal(out[:, :, 0], np.tile(np.arange(3, dtype="float32"), (4, 1)))
+
+
+def test_rebuild_node_keeps_names_and_readers():
+    graph = Graph("g")
+    x = graph.add_input("x", TensorType((2, 6), "float32"))
+    y = graph.add_input("y", TensorType((3, 4), "float32"))
+    flat = graph.op("tensor.reshape", x, shape=(12,), name="flat")
+    graph.outputs = [graph.op("math.relu", flat, name="act")]
+    rebuilt = graph.rebuild_node(flat.producer, [y], {"shape": (12,)})
+    verify(graph)
+    assert rebuilt.name == "flat" and rebuilt.outputs[0].name == "flat"
+    assert rebuilt.inputs[0] is y and graph.outputs[0].producer.inputs[0] is rebuilt.outputs[0]
+    assert [node.name for node in graph.nodes] == ["flat", "act"]
+    feeds = {"x": np.zeros((2, 6), np.float32), "y": np.arange(12, dtype=np.float32).reshape(3, 4) - 6}
+    np.testing.assert_array_equal(interpret(graph, feeds)["act"], np.maximum(np.arange(12) - 6, 0))
