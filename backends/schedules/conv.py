@@ -68,8 +68,10 @@ class ConvMatch:
     batch: tirx.Var | None = None  # the batch iter when the batch is not 1
 
 
-def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> ConvMatch | None:
-    """``out[n, f, y, x] += data[n, c, y*s + ry, x*s + rx] * weight[f, c, ry, rx]`` (float32).
+def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, operands: frozenset[str] = frozenset({"float32"}),
+                 accumulator: str = "float32") -> ConvMatch | None:
+    """``out[n, f, y, x] += data[n, c, y*s + ry, x*s + rx] * weight[f, c, ry, rx]`` (float32, or
+    operands of a dtype in ``operands`` accumulated in ``accumulator``: int8/uint8 into int32).
 
     Unit iters are gone after ``normalize_prim_func`` (batch 1, 1x1 kernels), so the block has
     spatial iters (n, f, y, x), or (f, y, x) with output index ``[0, f, y, x]``, and one to three
@@ -86,7 +88,7 @@ def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> Conv
     if len(block.writes) != 1:
         return None
     out = block.writes[0]
-    if str(out.source.dtype) != "float32" or len(out.region) != 4:
+    if str(out.source.dtype) != accumulator or len(out.region) != 4:
         return None
     out_index = [r.min for r in out.region]
     if len(spatial) == 3:  # batch 1: its unit iter is gone
@@ -106,7 +108,7 @@ def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> Conv
     weight_index = data_index = None
     for i in inputs:
         region = reads[i]
-        if str(region.source.dtype) != "float32" or len(region.region) != 4:
+        if str(region.source.dtype) not in operands or len(region.region) != 4:
             return None
         index = [r.min for r in region.region]
         if index[0].same_as(f) and not any(_uses(e, f) or _uses(e, y) or _uses(e, x) or (batch is not None and _uses(e, batch))
@@ -150,6 +152,9 @@ def _tile_shape(width: int, channels: int, lanes: int, config: ConvConfig) -> tu
 class Conv2d(CPUScheduleRule):
     """Register-tiled NCHW conv2d (groups=1) vectorized over output channels."""
 
+    operands: frozenset[str] = frozenset({"float32"})  # operand dtypes, and what they accumulate in
+    accumulator: str = "float32"
+
     def __init__(self, config: ConvConfig | None = None) -> None:
         self.config = config or ConvConfig()
 
@@ -161,7 +166,7 @@ class Conv2d(CPUScheduleRule):
             return None
         sch = anchor.sch
         block = anchor.block.block_rv
-        match = match_conv2d(sch, block)
+        match = match_conv2d(sch, block, self.operands, self.accumulator)
         if match is None:
             return None
         return schedule_conv2d(sch, block, match, anchor.producers, anchor.epilogue, target, self.config)

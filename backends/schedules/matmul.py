@@ -46,8 +46,14 @@ def _uses(expr: tirx.Expr, var: tirx.Var) -> bool:
     return any(used.same_as(var) for used in collect_vars_used_in_prim_expr(expr))
 
 
-def match_dense(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
-    """Whether the block is ``C[s..., j] (+)= A[..., k] * B[..., k, j]`` with float32 operands.
+FLOAT32 = frozenset({"float32"})
+
+
+def match_dense(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, operands: frozenset[str] = FLOAT32,
+                accumulator: str = "float32") -> bool:
+    """Whether the block is ``C[s..., j] (+)= A[..., k] * B[..., k, j]`` with operands of a dtype
+    in ``operands`` accumulated in ``accumulator`` (float32 by default; int8/uint8 into int32
+    for the integer kernels).
 
     ``normalize_prim_func`` has dropped unit iters, so an index may be a constant.
     """
@@ -62,13 +68,13 @@ def match_dense(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
     if len(block.writes) != 1:
         return False
     out = block.writes[0]
-    if str(out.source.dtype) != "float32":
+    if str(out.source.dtype) != accumulator:
         return False
     out_vars = [r.min for r in out.region if not isinstance(r.min, tirx.IntImm)]
     if len(out_vars) != len(spatial) or any(not e.same_as(v) for e, v in zip(out_vars, spatial)):
         return False
     inputs = [region for region in block.reads if not region.source.same_as(out.source)]
-    if len(inputs) != 2 or any(str(region.source.dtype) != "float32" for region in inputs):
+    if len(inputs) != 2 or any(str(region.source.dtype) not in operands for region in inputs):
         return False
     b_side = [r for r in inputs if len(r.region) >= 2 and r.region[-1].min.same_as(j) and r.region[-2].min.same_as(k)]
     if len(b_side) != 1:
@@ -128,6 +134,9 @@ def _largest_divisor(value: int, limit: int) -> int:
 class Matmul(CPUScheduleRule):
     """Register-blocked, vectorized, parallel dense products with the epilogue fused into the tile."""
 
+    operands: frozenset[str] = FLOAT32  # operand dtypes the rule takes, and what they accumulate in
+    accumulator: str = "float32"
+
     def __init__(self, config: MatmulConfig | None = None) -> None:
         self.config = config or MatmulConfig()
 
@@ -139,7 +148,7 @@ class Matmul(CPUScheduleRule):
             return None
         sch = anchor.sch
         block = anchor.block.block_rv
-        if not match_dense(sch, block):
+        if not match_dense(sch, block, self.operands, self.accumulator):
             return None
         return schedule_dense(sch, block, anchor.epilogue.block_rv if anchor.epilogue else None, target, self.config)
 
