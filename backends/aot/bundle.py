@@ -29,7 +29,7 @@ from .from_graph import program_from_graph
 from .kernels import build_kernels
 from .patch_graph import patch_graph
 from .patching import search_patches
-from .planner import plan_memory
+from .planner import caller_aliases, plan_memory
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def write_aot_bundle(graph: Graph, directory: Path, *, core: Core | None = None,
     plans = {"greedy-by-size": plan_memory(program, strategy="greedy", inplace=False),
              "optc": plan_memory(program, strategy=strategy, inplace=inplace)}
     plan = plans["optc"]
-    bundle = write_bundle(kernels, plan, directory)
-    (directory / "main.c").write_text(driver_source(program))
+    aliases = caller_aliases(program) if inplace else {}
+    bundle = write_bundle(kernels, plan, directory, aliases)
+    (directory / "main.c").write_text(driver_source(program, aliases))
     makefile = host_makefile()
     if core is not None:
         (directory / "startup.c").write_text(STARTUP_C)
@@ -120,6 +121,8 @@ def write_aot_bundle(graph: Graph, directory: Path, *, core: Core | None = None,
         "peak_sram_bytes": plan.arena_size + stack,
         "flash_bytes": measured.get("flash_bytes"),
         "weight_bytes": bundle.weight_bytes,
+        "output_aliases": aliases,
+        "aliased_output_bytes": sum(program.tensors[name].nbytes for name in aliases),
         "sram_budget_bytes": sram,
         "flash_budget_bytes": flash,
         "steps": report.step_table(program, plan),
@@ -171,6 +174,10 @@ def summary(memory: dict[str, Any]) -> str:
         f"{memory['stack_estimate_bytes'] / kb:.1f} KB ({memory.get('stack_source', 'fixed estimate')})",
         f"weights {memory['weight_bytes'] / kb:.1f} KB (flash)",
     ]
+    if memory.get("output_aliases"):
+        lines.append(f"{len(memory['output_aliases'])} outputs may be written over their inputs (model_output_alias): "
+                     f"{memory['aliased_output_bytes'] / kb:.1f} KB of caller buffers saved "
+                     f"({', '.join(f'{out} over {source}' for out, source in memory['output_aliases'].items())})")
     if memory.get("flash_bytes") is not None:
         lines.append(f"flash {memory['flash_bytes'] / kb:.1f} KB (arm-none-eabi-size: code + weights + data)")
     patches = memory.get("patch_plan")

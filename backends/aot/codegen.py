@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 from ...errors import LoweringError
 from .kernels import Kernels
 from .planner import Plan
-from .program import ALIGNMENT
+from .program import ALIGNMENT, Program
 
 C_TYPES = {
     "float32": ("float", 2, 32), "float64": ("double", 2, 64),
@@ -62,15 +63,19 @@ def c_type(dtype: str) -> str:
         raise LoweringError(f"the C generator has no C type for {dtype}") from None
 
 
-def write_bundle(kernels: Kernels, plan: Plan, directory: Path) -> Bundle:
-    """Write the model's C sources and headers into ``directory``."""
+def write_bundle(kernels: Kernels, plan: Plan, directory: Path, aliases: Mapping[str, str] | None = None) -> Bundle:
+    """Write the model's C sources and headers into ``directory``.
+
+    ``aliases`` maps outputs to the inputs whose buffer they may be written over
+    (``planner.caller_aliases``); ``model.h`` publishes them as ``model_output_alias``.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _copy_headers(directory / "include")
     (directory / "kernels.c").write_text(kernels.source)
     weights = write_weights(kernels.constants, directory / "weights.c")
     (directory / "model.h").write_text(model_header(kernels, plan))
-    (directory / "model.c").write_text(model_source(kernels, plan))
+    (directory / "model.c").write_text(model_source(kernels, plan, aliases or {}))
     return Bundle(directory, ("model.c", "weights.c", "kernels.c"), plan.arena_size, weights)
 
 
@@ -150,6 +155,9 @@ def model_header(kernels: Kernels, plan: Plan) -> str:
         "int model_run_buffers(const void* const* inputs, void* const* outputs);",
         "extern const uint32_t model_input_bytes[MODEL_NUM_INPUTS];",
         "extern const uint32_t model_output_bytes[MODEL_NUM_OUTPUTS];",
+        "/* The input whose buffer output i may be written over (pass the same pointer for both: a KV",
+        "   cache is then held once and updated in place), or -1 when output i needs its own buffer. */",
+        "extern const int8_t model_output_alias[MODEL_NUM_OUTPUTS];",
         "", "#ifdef __cplusplus\n}\n#endif", "#endif  /* OPTC_MODEL_H_ */", "",
     ]
     return "\n".join(lines)
@@ -157,7 +165,7 @@ def model_header(kernels: Kernels, plan: Plan) -> str:
 
 # ---- model.c ----------------------------------------------------------------------------------------
 
-def model_source(kernels: Kernels, plan: Plan) -> str:
+def model_source(kernels: Kernels, plan: Plan, aliases: Mapping[str, str] | None = None) -> str:
     program = kernels.program
     offsets = plan.offset
     workspace_offsets = {b.name.split(":", 1)[1]: (plan.offsets[b.name], b.size)
@@ -226,6 +234,7 @@ def model_source(kernels: Kernels, plan: Plan) -> str:
         out.append(f"  tensor_{c_identifier(name)}.data = (void*){c_identifier(name)};")
     out += ["  return run_steps();", "}", ""]
     casts = [f"(const {c_type(t.dtype)}*)inputs[{i}]" for i, (_, t) in enumerate(inputs)]
+    alias_indices = [str(alias_index(program, aliases, name)) for name, _ in outputs]
     casts += [f"({c_type(t.dtype)}*)outputs[{i}]" for i, (_, t) in enumerate(outputs)]
     out += [
         "int model_run_buffers(const void* const* inputs, void* const* outputs) {",
@@ -233,9 +242,16 @@ def model_source(kernels: Kernels, plan: Plan) -> str:
         f"  return model_run({', '.join(casts)});", "}", "",
         f"const uint32_t model_input_bytes[MODEL_NUM_INPUTS] = {{{', '.join(str(t.nbytes) for _, t in inputs)}}};",
         f"const uint32_t model_output_bytes[MODEL_NUM_OUTPUTS] = {{{', '.join(str(t.nbytes) for _, t in outputs)}}};",
+        f"const int8_t model_output_alias[MODEL_NUM_OUTPUTS] = {{{', '.join(alias_indices)}}};",
         "",
     ]
     return "\n".join(out)
+
+
+def alias_index(program: Program, aliases: Mapping[str, str] | None, output: str) -> int:
+    """Position of the input ``output`` may overwrite, or -1."""
+    source = (aliases or {}).get(output)
+    return program.inputs.index(source) if source is not None else -1
 
 
 def _tensor_identifier(name: str, kernels: Kernels) -> str:

@@ -71,7 +71,7 @@ def build_kernels(graph: Graph, *, target: dict | None = None, schedule: bool = 
             library = tvm.tirx.build(kernels, tvm.target.Target(target or C_TARGET))
     except Exception as error:
         raise LoweringError(f"TVM could not emit C kernels for {graph.name}: {_first_line(error)}") from error
-    source = library.inspect_source()
+    source = portable_c(library.inspect_source())
     workspaces = kernel_workspaces(source)
     return _call_sequence(graph, module, kernels, source, workspaces)
 
@@ -124,6 +124,24 @@ def _fuse_pads_into_convs(module: tvm.IRModule) -> tvm.IRModule:
         logger.info("pads stay unfused: %s", _first_line(error))
         return module
 
+# TVM's C codegen prints float infinities and NaNs as C literals that do not exist ("inff", "nanf")
+NON_FINITE = {"inff": "INFINITY", "nanf": "NAN", "inf": "((double)INFINITY)", "nan": "((double)NAN)"}
+
+
+def portable_c(source: str) -> str:
+    """TVM's C output with its non-finite float literals as ``<math.h>``'s INFINITY / NAN.
+
+    An attention kernel's mask (``-inf`` where a position may not be attended) comes out as
+    ``-inff``, which no C compiler knows; the rewrite touches only those whole words outside
+    identifiers and adds ``#include <math.h>`` when it changed anything.
+    """
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(NON_FINITE) + r")(?![\w.(])")
+    rewritten, count = pattern.subn(lambda match: NON_FINITE[match.group(1)], source)
+    if not count:
+        return source
+    return "#include <math.h>\n" + rewritten
+
+
 def kernel_workspaces(source: str) -> dict[str, int]:
     """Bytes of ``TVMBackendAllocWorkspace`` scratch per kernel symbol (requests summed, aligned)."""
     sizes: dict[str, int] = {}
@@ -147,6 +165,7 @@ def _call_sequence(graph: Graph, module: tvm.IRModule, kernels: tvm.IRModule, so
     constants: dict[str, np.ndarray] = {}
     constant_names: dict[str, str] = {}
     names: dict[relax.Var, str] = {}
+    tuples: dict[relax.Var, list[str]] = {}  # a kernel with several outputs: its tuple's fields
     inputs = []
     for param, value in zip(main.params, graph.inputs):
         names[param] = value.name
@@ -177,7 +196,10 @@ def _call_sequence(graph: Graph, module: tvm.IRModule, kernels: tvm.IRModule, so
                 kernel = value.args[0]
                 arguments = [argument(arg) for arg in value.args[1].fields]
                 outputs = _output_names(var, value, tensors)
-                names[var] = outputs[0] if len(outputs) == 1 else _name(var)
+                if _returns_tuple(value):
+                    tuples[var] = outputs
+                else:
+                    names[var] = outputs[0]
                 symbol = f"__tvm_ffi_{kernel.name_hint}"
                 func = kernels[kernel.name_hint]
                 activation_inputs = tuple(dict.fromkeys(a for a in arguments if a not in constants))
@@ -189,6 +211,10 @@ def _call_sequence(graph: Graph, module: tvm.IRModule, kernels: tvm.IRModule, so
                 calls.append(Call(symbol, tuple(arguments) + tuple(outputs)))
             elif isinstance(value, relax.Var) and value in names:
                 names[var] = names[value]
+            elif isinstance(value, relax.Var) and value in tuples:
+                tuples[var] = tuples[value]
+            elif isinstance(value, relax.TupleGetItem) and value.tuple_value in tuples:
+                names[var] = tuples[value.tuple_value][int(value.index)]
             elif isinstance(value, relax.Tuple):
                 result = [argument(field) for field in value.fields]
                 names[var] = _name(var)
@@ -203,6 +229,10 @@ def _call_sequence(graph: Graph, module: tvm.IRModule, kernels: tvm.IRModule, so
     outputs = _rename_outputs(graph, result, tensors, steps, calls, inputs, constants)
     program = Program(tensors, tuple(steps), tuple(inputs), tuple(outputs), graph.name)
     return Kernels(program, calls, constants, source)
+
+
+def _returns_tuple(call: relax.Call) -> bool:
+    return isinstance(call.ty_args[0], relax.TupleType)
 
 
 def _output_names(var: relax.Var, call: relax.Call, tensors: dict[str, Tensor]) -> list[str]:

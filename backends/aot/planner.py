@@ -153,6 +153,28 @@ def buffers_for(program: Program, *, inplace: bool = True, alignment: int = ALIG
     return buffers
 
 
+def caller_aliases(program: Program) -> dict[str, str]:
+    """Model outputs that may be written over a model input: {output: input}.
+
+    Both live in the caller's buffers, so the arena does not see them; but a step that may run in
+    place (``Step.inplace``) writing an output over an input that no later step reads lets the
+    caller pass one buffer for both. That is a KV cache's ``cache.update``: ``present_key`` over
+    ``past_key``, so a device keeps each cache once. Each input serves at most one output.
+    """
+    last_read: dict[str, int] = {}
+    for index, step in enumerate(program.steps):
+        for name in step.inputs:
+            last_read[name] = index
+    aliases: dict[str, str] = {}
+    for index, step in enumerate(program.steps):
+        for output, source in step.inplace:
+            if (output in program.outputs and source in program.inputs and output not in aliases
+                    and source not in aliases.values() and last_read.get(source) == index
+                    and program.tensors[output].nbytes == program.tensors[source].nbytes):
+                aliases[output] = source
+    return aliases
+
+
 # ---- placement ------------------------------------------------------------------------------------
 
 Order = Callable[[Buffer], tuple]

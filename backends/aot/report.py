@@ -15,14 +15,19 @@ KB = 1024
 
 
 def step_table(program: Program, plan: Plan) -> list[dict[str, Any]]:
-    """Per step: kernel, output, live bytes (any plan's floor) and the arena's high-water mark."""
+    """Per step: kernel, output, live bytes (any plan's floor) and the arena's high-water mark.
+
+    A kernel with several outputs (a q/k/v split) shows its first one and how many there are.
+    """
     live, high = plan.live_bytes(), plan.high_water()
     rows = []
     for index, step in enumerate(program.steps):
         output = program.tensors[step.outputs[0]] if step.outputs else None
+        described = f"{output.dtype}{list(output.shape)}" if output else ""
+        if len(step.outputs) > 1:
+            described += f" x{len(step.outputs)}"
         rows.append({
-            "step": index, "kernel": step.kernel,
-            "output": f"{output.dtype}{list(output.shape)}" if output else "",
+            "step": index, "kernel": step.kernel, "output": described,
             "live_bytes": live[index], "arena_high_water": high[index], "workspace": step.workspace,
         })
     return rows

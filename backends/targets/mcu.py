@@ -11,6 +11,7 @@ under QEMU. The artifact holds the bundle in ``mcu/`` (sources, Makefile, memory
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import weakref
@@ -70,7 +71,8 @@ class McuTarget:
         target = McuTarget(mcpu=described.get("mcpu", self.mcpu), sram_kb=described.get("sram_kb"),
                            flash_kb=described.get("flash_kb"), planner=described.get("planner", self.planner),
                            inplace=described.get("inplace", self.inplace), patches=described.get("patches", self.patches))
-        return McuCompiledModel(graph, target, bundle, (manifest or {}).get("memory", {}))
+        memory = (manifest or {}).get("memory") or _bundle_memory(bundle)  # entry points: only in the bundle
+        return McuCompiledModel(graph, target, bundle, memory)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "mcpu": self.mcpu, "board": CORES[self.mcpu].board, "sram_kb": self.sram_kb,
@@ -79,6 +81,11 @@ class McuTarget:
 
     def library_files(self, directory: Path) -> list[Path]:
         return sorted(path for path in (Path(directory) / BUNDLE_DIRECTORY).rglob("*") if path.is_file())
+
+
+def _bundle_memory(bundle: Path) -> dict[str, Any]:
+    report = bundle / "memory.json"
+    return json.loads(report.read_text()) if report.is_file() else {}
 
 
 class McuCompiledModel:
@@ -145,3 +152,42 @@ class McuCompiledModel:
 
     def __repr__(self) -> str:
         return f"<McuCompiledModel {self.graph.name} for {self.target.mcpu}: {self.bundle}>"
+
+
+class QemuEntry:
+    """One mcu entry point whose ``run`` executes its Cortex-M build under QEMU.
+
+    The ELF is built once in ``work`` and reused by later calls; ``stats`` holds the last run's
+    instructions, flash and stack (``McuCompiledModel.run_qemu``).
+    """
+
+    def __init__(self, model: McuCompiledModel, work: Path) -> None:
+        self.model = model
+        self.work = Path(work)
+        self.stats: dict[str, Any] = {}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs, self.stats = self.model.run_qemu(feeds, work=self.work)
+        return outputs
+
+
+def qemu_session(entries: Any, work: Path) -> Any:
+    """A state-threading session (``backends.entries.Session``) whose entry points run under QEMU.
+
+    ``entries`` is an ``EntryModel`` of mcu entry points (``artifact.entries``); each entry's ELF
+    is built in ``work/<entry>``. The caches stay NumPy arrays on the host between calls, as in
+    ``artifact.session()`` on the host build: each call copies them in and out by semihosting.
+
+        session = qemu_session(artifact.entries, Path("out/qemu"))
+        logits = session.run("prefill", {"input_ids": prompt, "position": zero})["logits"]
+        session.model.entry("prefill").stats["instructions"]
+    """
+    from ..entries import EntryModel  # noqa: PLC0415
+
+    runners = {}
+    for name in entries.names:
+        model = entries.entry(name)
+        if not isinstance(model, McuCompiledModel):
+            raise ArtifactError(f"entry point '{name}' is not compiled for the mcu target; recompile with --target mcu")
+        runners[name] = QemuEntry(model, Path(work) / name)
+    return EntryModel(runners, entries.state).session()
