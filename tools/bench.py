@@ -1,5 +1,10 @@
 """``optc bench``: median latency of an optc artifact against ONNX Runtime and torch, interleaved.
 
+Peers (``--vs``): ``ort`` (ONNX Runtime on the same ONNX model), ``ort-int8`` and
+``ort-int8-dynamic`` (that model quantized by ``onnxruntime.quantization``, static QDQ per-channel
+on the same calibration feeds as optc's ``quant(...)`` passes, or dynamic; see ``tools/ort_quant.py``)
+and ``torch`` (eager, ``--example`` only).
+
 Each system runs in its own worker process (spawned, so thread pools never share a process), and
 the parent asks the workers for one timed run at a time in rotating order. Only one system runs at
 any moment, so one runtime's spinning threads cannot steal cores from another's measurement, and
@@ -9,6 +14,7 @@ slow drifts of the machine (heat, other load) hit every system alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -27,13 +33,14 @@ from ..errors import InputError, OptcError
 
 @dataclass
 class SystemSpec:
-    name: str  # what the table shows: "optc", "optc[cleanup]", "ort", "torch"
+    name: str  # what the table shows: "optc", "optc[cleanup]", "ort", "ort-int8", "torch"
     kind: str = ""  # "optc", "ort" or "torch"; defaults to the name
     artifact: str | None = None
     onnx: str | None = None
     example: str | None = None
     threads: int | None = None
     spin: bool = False  # let thread pools spin-wait between runs (each runtime's default)
+    note: str = ""  # what else the table notes about the system, e.g. "int8 dynamic"
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -84,7 +91,7 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
         session = ort.InferenceSession(spec.onnx, options, providers=["CPUExecutionProvider"])
         names = {item.name for item in session.get_inputs()}
         ort_feeds = {name: array for name, array in feeds.items() if name in names}
-        return (lambda: session.run(None, ort_feeds)), f"onnxruntime {ort.__version__}"
+        return (lambda: session.run(None, ort_feeds)), " ".join(filter(None, [f"onnxruntime {ort.__version__}", spec.note]))
     if spec.kind == "torch":
         import torch
 
@@ -212,37 +219,127 @@ def format_table(results: list[SystemResult]) -> str:
     return "\n".join(lines)
 
 
+# peer name -> ONNX Runtime quantization method (None: the model as it is)
+PEERS: dict[str, str | None] = {"ort": None, "ort-int8": "static", "ort-int8-dynamic": "dynamic", "torch": None}
+RANDOM_CALIBRATION_SAMPLES = 8  # Quantize's default, so optc and ort-int8 calibrate on the same random feeds
+
+
+def parse_peers(text: str | None) -> list[str]:
+    """``--vs ort,ort-int8`` -> ["ort", "ort-int8"] (duplicates dropped); unknown names are an error."""
+    peers = list(dict.fromkeys(peer.strip() for peer in (text or "").split(",") if peer.strip()))
+    unknown = [peer for peer in peers if peer not in PEERS]
+    if unknown:
+        raise InputError(f"unknown peer(s) {', '.join(unknown)}; --vs takes a comma-separated list of "
+                         f"{', '.join(PEERS)} ('' for none)")
+    return peers
+
+
+def _needs_calibration(pipeline: str) -> bool:
+    """Whether a ``quant(...)`` pass of the pipeline calibrates (static int8, GPTQ)."""
+    from ..passes import parse_pipeline
+    from ..passes.quant import Quantize
+
+    return any(isinstance(pass_, Quantize) and pass_.method not in ("dynamic", "rtn") for pass_ in parse_pipeline(pipeline))
+
+
+def _calibrated(pipeline: str, calib: str | None) -> str | list[Any]:
+    """``pipeline`` with ``--calib`` set on its quant passes (as ``optc compile --calib``); unchanged without one."""
+    from ..passes import parse_pipeline
+    from ..passes.quant import Quantize
+    from .cli_quant import with_calibration
+
+    has_quant = any(isinstance(pass_, Quantize) for pass_ in parse_pipeline(pipeline))
+    return with_calibration(pipeline, calib if has_quant else None)
+
+
+def _ort_peer(peer: str, onnx_path: str, scratch: Path, calibration: Callable[[], list[dict[str, np.ndarray]]],
+              calibration_label: str, threads: int, spin: bool) -> SystemSpec:
+    """The spec of an ONNX Runtime peer; the int8 ones are quantized here, once, before measuring."""
+    from .ort_quant import describe, quantize_with_ort
+
+    method = PEERS[peer]
+    if method is None:
+        return SystemSpec(peer, kind="ort", onnx=onnx_path, threads=threads, spin=spin, note="float")
+    feeds = calibration() if method == "static" else None
+    path = quantize_with_ort(onnx_path, scratch / f"{peer}.onnx", method, feeds)
+    return SystemSpec(peer, kind="ort", onnx=path, threads=threads, spin=spin, note=describe(method, calibration_label))
+
+
+def _calibration_feeds(graph: Any, calib: str | None) -> list[dict[str, np.ndarray]]:
+    """``--calib`` as feeds, or the seeded random feeds ``quant(...)`` falls back to without it."""
+    from ..passes.quant import load_calibration
+    from ..passes.quant.calibrate import random_feeds
+
+    return load_calibration(calib, graph) if calib else random_feeds(graph, RANDOM_CALIBRATION_SAMPLES)
+
+
+def _peer_specs(peers: list[str], onnx_path: str | None, example: str | None, scratch: Path,
+                calibration: Callable[[], list[dict[str, np.ndarray]]], calib: str | None, threads: int, spin: bool,
+                say: Callable[[str], None]) -> tuple[list[SystemSpec], list[SystemResult], list[str]]:
+    """Specs of the peers that can run, failed results of those that could not be built, and skip notes."""
+    calibration_label = Path(calib).name if calib else f"{RANDOM_CALIBRATION_SAMPLES} random feeds"
+    specs, broken, skipped = [], [], []
+    for peer in peers:
+        if peer == "torch":
+            if example:
+                specs.append(SystemSpec("torch", example=example, threads=threads, spin=spin))
+            else:
+                skipped.append("torch (needs --example: an ONNX file has no torch model)")
+        elif not onnx_path:
+            skipped.append(f"{peer} (no ONNX file for this model)")
+        else:
+            if PEERS[peer]:
+                say(f"quantizing the ONNX model with onnxruntime for {peer}")
+            try:
+                specs.append(_ort_peer(peer, onnx_path, scratch, calibration, calibration_label, threads, spin))
+            except OptcError as error:  # reported in the table; the others are still measured
+                say(f"{peer}: failed: {error}")
+                broken.append(SystemResult(peer, float("nan"), float("nan"), float("nan"), 0, f"failed: {error}"))
+    return specs, broken, skipped
+
+
 def main_from_cli(args: argparse.Namespace) -> int:
     from .. import compiler
     from ..ir.interpret import sample_inputs
     from .cli import _progress, parse_shapes
 
     say = _progress(False)
-    peers = [peer.strip() for peer in (args.vs or "").split(",") if peer.strip()]
-    unknown = sorted(set(peers) - {"ort", "torch"})
-    if unknown:
-        raise InputError(f"unknown peer(s) {unknown}; use ort and/or torch")
+    peers = parse_peers(args.vs)
+    calib = getattr(args, "calib", None)
     if bool(args.model) == bool(args.example):
         raise InputError("give either a MODEL (.onnx file or artifact directory) or --example NAME")
+    if calib and not Path(calib).is_file():
+        raise InputError(f"--calib {calib}: no such file (an .npz keyed by input name, first axis = samples)")
     threads = args.threads or os.cpu_count()
     pipelines = args.passes or [compiler.DEFAULT_PIPELINE]
+    wants_onnx = any(peer.startswith("ort") for peer in peers)
     with tempfile.TemporaryDirectory(prefix="optc-bench-") as scratch:
         onnx_path = None
         example = args.example
         artifacts = []
+        compiling = not (args.model and Path(args.model).is_dir())
+        calibrates = "ort-int8" in peers or (compiling and any(_needs_calibration(pipeline) for pipeline in pipelines))
+        if calib and "ort-int8" not in peers and not (compiling and any("quant(" in pipeline for pipeline in pipelines)):
+            raise InputError(f"--calib {calib} is given but nothing uses it: add a quant(...) pipeline with --passes "
+                             "or the ort-int8 peer to --vs")
+        if not calib and calibrates:
+            say(f"warning: no --calib: quant passes and the ort-int8 peer calibrate on {RANDOM_CALIBRATION_SAMPLES} "
+                "seeded random N(0,1) feeds; give --calib data.npz for ranges (and int8 kernels) that match real data")
+        if compiling:
+            builds = [_calibrated(pipeline, calib) for pipeline in pipelines]
         if example:
             from . import zoo
 
             if example not in zoo.names():
                 raise InputError(f"unknown example '{example}'; examples: {', '.join(zoo.names())}")
             module, example_inputs = zoo.build(example)
-            for index, pipeline in enumerate(pipelines):
+            for index, (pipeline, build) in enumerate(zip(pipelines, builds)):
                 say(f"compiling example {example} with optc ({pipeline})")
                 artifacts.append(compiler.compile(
-                    module, target=args.target, passes=pipeline, output=Path(scratch) / f"artifact{index}",
+                    module, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}",
                     example_inputs=example_inputs, input_names=zoo.input_names(example),
                     output_names=zoo.output_names(example), check=False, progress=say))
-            if "ort" in peers:
+            if wants_onnx:
                 onnx_path = str(Path(scratch) / f"{example}.onnx")
                 say("exporting the same model to ONNX for onnxruntime")
                 zoo.export_onnx(example, onnx_path)
@@ -256,10 +353,10 @@ def main_from_cli(args: argparse.Namespace) -> int:
                 source = Path(str(artifacts[0].manifest.get("source", "")))
                 onnx_path = str(source) if source.suffix == ".onnx" and source.is_file() else None
             else:
-                for index, pipeline in enumerate(pipelines):
+                for index, (pipeline, build) in enumerate(zip(pipelines, builds)):
                     say(f"compiling {model} with optc ({pipeline})")
                     artifacts.append(compiler.compile(
-                        model, target=args.target, passes=pipeline, output=Path(scratch) / f"artifact{index}",
+                        model, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}",
                         input_shapes=parse_shapes(args.shape), check=False, progress=say))
                 onnx_path = str(model)
         feeds = sample_inputs(artifacts[0].graph, seed=0)
@@ -268,28 +365,26 @@ def main_from_cli(args: argparse.Namespace) -> int:
                        threads=threads, spin=args.spin)
             for pipeline, artifact in zip(pipelines, artifacts)
         ]
-        skipped = []
-        for peer in peers:
-            if peer == "ort":
-                if onnx_path:
-                    specs.append(SystemSpec("ort", onnx=onnx_path, threads=threads, spin=args.spin))
-                else:
-                    skipped.append("ort (no ONNX file for this model)")
-            elif peer == "torch":
-                if example:
-                    specs.append(SystemSpec("torch", example=example, threads=threads, spin=args.spin))
-                else:
-                    skipped.append("torch (needs --example: an ONNX file has no torch model)")
+        calibration = functools.cache(lambda: _calibration_feeds(artifacts[0].graph, calib))
+        peer_specs, broken, skipped = _peer_specs(peers, onnx_path, example, Path(scratch), calibration, calib,
+                                                  threads, args.spin, say)
+        specs += peer_specs
         for note in skipped:
             say(f"skipping {note}")
         say(f"measuring {', '.join(s.name for s in specs)}: {args.warmup} warmup + {args.repeat} interleaved runs each, {threads} threads")
         results = measure(specs, feeds, args.repeat, args.warmup, progress=say)
+    order = [spec.name for spec in specs if spec.kind == "optc"] + peers
+    results = sorted(results + broken, key=lambda result: order.index(result.name) if result.name in order else len(order))
+    calibration_text = (calib or f"random ({RANDOM_CALIBRATION_SAMPLES} seeded N(0,1) feeds)") if calibrates else None
     print(f"model: {example or args.model}  target: {args.target}  passes: {' | '.join(pipelines)}  threads: {threads}  "
           f"load avg: {os.getloadavg()[0]:.2f}  {'spin-waits: runtime defaults' if args.spin else SPIN_NOTE}")
+    if calibration_text:
+        print(f"calibration: {calibration_text}")
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": example or str(args.model), "target": args.target, "passes": pipelines, "threads": threads,
+            "peers": peers, "calibration": calibration_text,
             "date": time.strftime("%Y-%m-%d"), "spin": args.spin, "load_average": os.getloadavg()[0],
             "results": [asdict(r) for r in results],
         }, indent=1))

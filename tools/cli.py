@@ -250,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--target", default="cpu")
     bench_parser.add_argument("--passes", action="append",
                               help="optc pipeline (repeat it to time several pipelines in the same run; default: cleanup,fuse)")
-    bench_parser.add_argument("--vs", default="ort,torch", help="peers: ort, torch (comma separated; '' for none)")
+    bench_parser.add_argument("--vs", default="ort,torch",
+                              help="peers: ort, ort-int8, ort-int8-dynamic, torch (comma separated; '' for none)")
+    bench_parser.add_argument("--calib", help="calibration data for quant(...) pipelines and the ort-int8 peer: "
+                              ".npz keyed by input name, first axis = samples (default: seeded random feeds)")
     bench_parser.add_argument("--repeat", type=int, default=20, help="timed runs per system (default 20)")
     bench_parser.add_argument("--warmup", type=int, default=3)
     bench_parser.add_argument("--threads", type=int, default=None, help="threads per system (default: all cores)")

@@ -18,7 +18,6 @@ first axis = samples) or seeded N(0, 1) feeds.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -47,21 +46,14 @@ def _calibration(graph, path: str | None, samples: int) -> list[dict[str, np.nda
     return [sample_inputs(graph, seed=index + 1) for index in range(samples)]
 
 
-def _ort_quantized(onnx_path: str, feeds: list[dict[str, np.ndarray]], scratch: Path) -> dict[str, str]:
-    from onnxruntime import quantization
+def _ort_quantized(onnx_path: str, feeds: list[dict[str, np.ndarray]], scratch: Path) -> dict[str, tuple[str, str]]:
+    """ONNX Runtime's static QDQ and dynamic int8 models: name -> (path, table note)."""
+    from .ort_quant import describe, quantize_with_ort
 
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(feeds)
-
-        def get_next(self):
-            return next(self.items, None)
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice (a tool, not the library)
-    static, dynamic = str(scratch / "ort_int8_static.onnx"), str(scratch / "ort_int8_dynamic.onnx")
-    quantization.quantize_static(onnx_path, static, Reader(), quant_format=quantization.QuantFormat.QDQ, per_channel=True)
-    quantization.quantize_dynamic(onnx_path, dynamic)
-    return {"ort int8": static, "ort int8-dyn": dynamic}
+    return {
+        "ort int8": (quantize_with_ort(onnx_path, scratch / "ort_int8_static.onnx", "static", feeds), describe("static")),
+        "ort int8-dyn": (quantize_with_ort(onnx_path, scratch / "ort_int8_dynamic.onnx", "dynamic"), describe("dynamic")),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 artifact = compiler.compile(onnx_path, passes=passes, output=scratch / name.replace(" ", "_"), check=False)
                 sizes[name] = artifact.graph.param_bytes()
                 specs.append(SystemSpec(name, kind="optc", artifact=str(artifact.path), threads=threads))
-            specs.append(SystemSpec("ort float", kind="ort", onnx=onnx_path, threads=threads))
-            for name, path in _ort_quantized(onnx_path, feeds, scratch).items():
-                specs.append(SystemSpec(name, kind="ort", onnx=path, threads=threads))
+            specs.append(SystemSpec("ort float", kind="ort", onnx=onnx_path, threads=threads, note="float"))
+            for name, (path, note) in _ort_quantized(onnx_path, feeds, scratch).items():
+                specs.append(SystemSpec(name, kind="ort", onnx=path, threads=threads, note=note))
                 sizes[name] = Path(path).stat().st_size
             sizes["ort float"] = Path(onnx_path).stat().st_size
             results = measure(specs, sample_inputs(graph, seed=0), args.repeat, args.warmup,
