@@ -119,7 +119,10 @@ def compile(  # noqa: A001 - the public name users expect
     }
     if getattr(compiled, "memory", None):
         manifest["memory"] = {key: value for key, value in compiled.memory.items() if key != "steps"}
-    if check:
+    if check and not getattr(compiled, "runnable", True):  # e.g. --target cuda on a machine without a GPU
+        say("nothing here can run the compiled model: skipping the check against the reference")
+        manifest["check_skipped"] = f"no device for target {target} on the build machine"
+    elif check:
         say("checking the compiled model against the reference interpreter")
         reference = manager.outputs if manager.outputs is not None else interpret(graph, feeds)
         actual = compiled.run(feeds)
@@ -189,7 +192,7 @@ def compile_entries(
             models[name] = target_object.compile_graph(graph)
         else:
             models[name] = compile_graph(graph, target_object)
-        if check:
+        if check and getattr(models[name], "runnable", True):
             reference = manager.outputs if manager.outputs is not None else interpret(graph, feeds)
             error, cosine = compare_outputs(reference, models[name].run(feeds))
             checks[name] = {"max_abs_error": error, "cosine": cosine}
@@ -205,7 +208,7 @@ def compile_entries(
         "source": source or type(next(iter(entries.values()))).__name__,
         "state": {name: buffer.to_json() for name, buffer in buffers.items()},
     }
-    if check:
+    if check and checks:
         manifest["check"] = dict(checks[default], inputs="seeded random, seed 0, or the caller's check_feeds")
         manifest["entry_checks"] = checks
     artifact = Artifact(manifest=manifest, graph=graphs[default], compiled=models[default],

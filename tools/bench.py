@@ -3,7 +3,8 @@
 Peers (``--vs``): ``ort`` (ONNX Runtime on the same ONNX model), ``ort-int8`` and
 ``ort-int8-dynamic`` (that model quantized by ``onnxruntime.quantization``, static QDQ per-channel
 on the same calibration feeds as optc's ``quant(...)`` passes, or dynamic; see ``tools/ort_quant.py``)
-and ``torch`` (eager, ``--example`` only).
+and ``torch`` / ``torch-compile`` (eager and ``torch.compile``, ``--example`` only; on the GPU with
+``--target cuda``, where every timed run waits for the GPU to finish).
 
 Each system runs in its own worker process (spawned, so thread pools never share a process), and
 the parent asks the workers for one timed run at a time in rotating order. Only one system runs at
@@ -41,6 +42,8 @@ class SystemSpec:
     threads: int | None = None
     spin: bool = False  # let thread pools spin-wait between runs (each runtime's default)
     note: str = ""  # what else the table notes about the system, e.g. "int8 dynamic"
+    device: str = "cpu"  # torch peers: "cuda" when optc runs on the GPU (--target cuda)
+    compiled: bool = False  # torch peer: torch.compile the module
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -99,14 +102,23 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
+        if spec.device == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"torch {torch.__version__} sees no CUDA GPU (a CPU-only torch, or no GPU here)")
         module, _ = zoo.build(spec.example)
-        tensors = tuple(torch.from_numpy(feeds[name]) for name in zoo.input_names(spec.example))
+        module = module.to(spec.device).eval()
+        if spec.compiled:
+            module = torch.compile(module)
+        tensors = tuple(torch.from_numpy(feeds[name]).to(spec.device) for name in zoo.input_names(spec.example))
+        synchronize = torch.cuda.synchronize if spec.device == "cuda" else (lambda: None)
 
         def run_torch() -> Any:
             with torch.inference_mode():
-                return module(*tensors)
+                result = module(*tensors)
+            synchronize()
+            return result
 
-        return run_torch, f"torch {torch.__version__} eager"
+        where = f" on {torch.cuda.get_device_name()}" if spec.device == "cuda" else ""
+        return run_torch, f"torch {torch.__version__} {'torch.compile' if spec.compiled else 'eager'}{where}"
     raise InputError(f"unknown system {spec.kind}")
 
 
@@ -220,7 +232,8 @@ def format_table(results: list[SystemResult]) -> str:
 
 
 # peer name -> ONNX Runtime quantization method (None: the model as it is)
-PEERS: dict[str, str | None] = {"ort": None, "ort-int8": "static", "ort-int8-dynamic": "dynamic", "torch": None}
+PEERS: dict[str, str | None] = {"ort": None, "ort-int8": "static", "ort-int8-dynamic": "dynamic", "torch": None,
+                                "torch-compile": None}
 RANDOM_CALIBRATION_SAMPLES = 8  # Quantize's default, so optc and ort-int8 calibrate on the same random feeds
 
 
@@ -275,16 +288,17 @@ def _calibration_feeds(graph: Any, calib: str | None) -> list[dict[str, np.ndarr
 
 def _peer_specs(peers: list[str], onnx_path: str | None, example: str | None, scratch: Path,
                 calibration: Callable[[], list[dict[str, np.ndarray]]], calib: str | None, threads: int, spin: bool,
-                say: Callable[[str], None]) -> tuple[list[SystemSpec], list[SystemResult], list[str]]:
+                say: Callable[[str], None], device: str = "cpu") -> tuple[list[SystemSpec], list[SystemResult], list[str]]:
     """Specs of the peers that can run, failed results of those that could not be built, and skip notes."""
     calibration_label = Path(calib).name if calib else f"{RANDOM_CALIBRATION_SAMPLES} random feeds"
     specs, broken, skipped = [], [], []
     for peer in peers:
-        if peer == "torch":
+        if peer in ("torch", "torch-compile"):
             if example:
-                specs.append(SystemSpec("torch", example=example, threads=threads, spin=spin))
+                specs.append(SystemSpec(peer, kind="torch", example=example, threads=threads, spin=spin, device=device,
+                                        compiled=peer == "torch-compile"))
             else:
-                skipped.append("torch (needs --example: an ONNX file has no torch model)")
+                skipped.append(f"{peer} (needs --example: an ONNX file has no torch model)")
         elif not onnx_path:
             skipped.append(f"{peer} (no ONNX file for this model)")
         else:
@@ -367,7 +381,7 @@ def main_from_cli(args: argparse.Namespace) -> int:
         ]
         calibration = functools.cache(lambda: _calibration_feeds(artifacts[0].graph, calib))
         peer_specs, broken, skipped = _peer_specs(peers, onnx_path, example, Path(scratch), calibration, calib,
-                                                  threads, args.spin, say)
+                                                  threads, args.spin, say, "cuda" if args.target == "cuda" else "cpu")
         specs += peer_specs
         for note in skipped:
             say(f"skipping {note}")

@@ -74,9 +74,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .cli_quant import with_calibration
 
     passes = with_calibration(args.passes or compiler.DEFAULT_PIPELINE, args.calib, args.quiet)
+    cuda_options = cuda_target_options(args)
     artifact = compiler.compile(
         model, target=args.target, passes=passes, output=args.output, check=not args.no_check, progress=say,
-        target_options=target_options(args), **options
+        target_options={**target_options(args), **cuda_options}, **options
     )
     report = artifact.extras["report"]
     if not args.quiet:
@@ -89,6 +90,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"compiled vs reference: max|err| {check['max_abs_error']:.3g}, cosine {check['cosine']:.6f}")
     print(f"wrote {artifact.path} (target {args.target}, {len(artifact.graph.nodes)} nodes)")
     return 0
+
+
+CUDA_ARCHES = ("sm_80", "sm_86", "sm_89", "sm_90")  # backends.targets.cuda.ARCHES, without importing TVM
+
+
+def cuda_target_options(args: argparse.Namespace) -> dict[str, Any]:
+    arch = getattr(args, "arch", None)
+    if arch is not None and args.target != "cuda":
+        raise InputError(f"--arch is an option of --target cuda, not of --target {args.target}")
+    return {} if arch is None else {"arch": arch}
 
 
 # ---- run ------------------------------------------------------------------------------------------------
@@ -228,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_deploy import add_mcu_options, register_deploy
 
     add_mcu_options(compile_parser)
+    compile_parser.add_argument("--arch", choices=CUDA_ARCHES, help="--target cuda: GPU compute capability (default sm_90)")
     compile_parser.set_defaults(func=cmd_compile)
 
     run_parser = sub.add_parser("run", help="run a compiled artifact")

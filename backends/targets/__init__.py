@@ -101,6 +101,7 @@ def available_targets() -> list[str]:
 
 
 from . import cpu  # noqa: E402,F401  (registers "cpu")
+from . import cuda  # noqa: E402,F401  (registers "cuda")
 from . import mcu  # noqa: E402,F401  (registers "mcu")
 
 __all__ = ["TARGETS", "BuildTarget", "available_targets", "get_target", "register_target"]
