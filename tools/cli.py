@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -126,6 +127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..backends.artifact import load_artifact
     from ..ir.interpret import sample_inputs
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        # read when the runtime's thread pool starts, i.e. at the first run below
+        for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ[variable] = str(args.threads)
     artifact = load_artifact(args.artifact)
     model = artifact.entry(args.entry)  # --entry NAME: one entry point of a multi-entry artifact
     if args.inputs:
@@ -247,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--inputs", help=".npz keyed by input name (default: seeded random inputs)")
     run_parser.add_argument("--save", help="write outputs to this .npz")
     run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.add_argument("--threads", type=int, help="threads for the CPU runtime (default: all cores)")
     run_parser.add_argument("--entry", help="entry point of a multi-entry artifact (default: its first; "
                                             "'optc inspect' lists them)")
     run_parser.set_defaults(func=cmd_run)

@@ -90,6 +90,18 @@ def test_run_without_inputs_uses_seeded_random(artifact, capsys):
     assert first.splitlines()[-1] == capsys.readouterr().out.splitlines()[-1]
 
 
+def test_run_with_threads_sets_the_runtime_threads_and_gives_the_same_output(artifact, capsys, monkeypatch):
+    for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(variable, "2")  # restored after the test; main overwrites it
+    assert main(["run", str(artifact)]) == 0
+    default = capsys.readouterr().out.splitlines()[-1]
+    assert main(["run", str(artifact), "--threads", "1"]) == 0
+    assert os.environ["TVM_NUM_THREADS"] == "1"
+    assert capsys.readouterr().out.splitlines()[-1] == default
+    assert main(["run", str(artifact), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
 def test_inspect_model_and_artifact(model_file, artifact, capsys):
     assert main(["inspect", str(model_file)]) == 0
     text = capsys.readouterr().out
