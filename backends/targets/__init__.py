@@ -101,7 +101,8 @@ def available_targets() -> list[str]:
 
 
 from . import cpu  # noqa: E402,F401  (registers "cpu")
-from . import cuda  # noqa: E402,F401  (registers "cuda")
 from . import mcu  # noqa: E402,F401  (registers "mcu")
+from . import arm  # noqa: E402,F401  (registers "arm")
+from . import cuda  # noqa: E402,F401  (registers "cuda")
 
 __all__ = ["TARGETS", "BuildTarget", "available_targets", "get_target", "register_target"]
