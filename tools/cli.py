@@ -140,8 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         feeds = sample_inputs(model.graph, seed=args.seed)
         print(f"no --inputs given: using seeded random inputs (seed {args.seed})")
+    if args.form and artifact.target != "arm":
+        raise InputError(f"--form is an option of --target arm artifacts, not of --target {artifact.target}")
     start = time.perf_counter()
-    outputs = model.run(feeds)
+    outputs = model.run(feeds, form=args.form) if args.form else model.run(feeds)
     seconds = time.perf_counter() - start
     entry = f" entry '{args.entry}'" if args.entry else ""
     print(f"ran {args.artifact}{entry} on {artifact.target} in {seconds * 1e3:.1f} ms")
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--threads", type=int, help="threads for the CPU runtime (default: all cores)")
     run_parser.add_argument("--entry", help="entry point of a multi-entry artifact (default: its first; "
                                             "'optc inspect' lists them)")
+    run_parser.add_argument("--form", choices=("bundle", "so"), help="--target arm artifacts: the standalone "
+                            "bundle (default) or lib/model.so with TVM's aarch64 runtime")
     run_parser.set_defaults(func=cmd_run)
 
     inspect_parser = sub.add_parser("inspect", help="describe a model or an artifact")

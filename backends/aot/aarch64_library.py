@@ -7,8 +7,9 @@ TVM's LLVM backend for ``aarch64-linux-gnu`` and linked with ``aarch64-linux-gnu
     path = build_library(graph, tvm_target, directory / "model.so")
 
 On the board: ``tvm.runtime.load_module("model.so")`` with apache-tvm's aarch64 wheel, then
-``relax.VirtualMachine(module, tvm.cpu())["main"](*inputs, *params)``. This machine can build it
-but not run it: qemu-aarch64 would need TVM's aarch64 runtime, which is not installed here.
+``relax.VirtualMachine(module, tvm.cpu())["main"](*inputs, *params)``. Here it runs under
+qemu-aarch64 through the small C++ loader of ``arm_so`` once ``python -m
+optc.tools.fetch_arm_runtime`` has fetched TVM's aarch64 runtime libraries.
 """
 
 from __future__ import annotations

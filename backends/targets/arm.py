@@ -9,10 +9,13 @@ this machine (directly on an aarch64 one). Nothing of TVM is needed on the board
 
 With ``library`` (default) the artifact also holds the second form, ``arm/lib/model.so``: TVM's
 LLVM aarch64 code for the Relax VM, for boards with apache-tvm's aarch64 runtime
-(``backends/aot/aarch64_library``). It is built and checked to be an aarch64 library here, not run.
+(``backends/aot/aarch64_library``), with ``lib/loader.cc``, the C++ loader that runs it. Here
+``run(feeds, form="so")`` runs it under qemu-aarch64 with TVM's aarch64 runtime, fetched once by
+``python -m optc.tools.fetch_arm_runtime`` (``backends/aot/arm_so``).
 
     optc compile model.onnx --target arm --mcpu cortex-a72 --mattr +neon -o out/a
     optc run out/a                              # under qemu-aarch64
+    optc run out/a --form so                    # lib/model.so with TVM's aarch64 runtime
     optc deploy out/a --to /mnt/board/model --qemu
 """
 
@@ -35,13 +38,16 @@ from ...ir.interpret import check_inputs, interpret, sample_inputs
 from ..aot import aarch64
 from ..aot.aarch64_kernels import KERNEL_OBJECT, write_kernel_object
 from ..aot.aarch64_library import build_library
+from ..aot.arm_so import run_library, write_loader_source
 from ..aot.build import ToolMissingError
 from ..aot.bundle import write_aot_bundle
+from ..lower import function_params
 from . import register_target
 
 BUNDLE_DIRECTORY = "arm"
 TRIPLE = "aarch64-linux-gnu"
 LIBRARY = "lib/model.so"
+FORMS = ("bundle", "so")
 
 
 def _features(mattr: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -97,6 +103,7 @@ class ArmTarget:
             aarch64.write_selftest(staging, ordered, [reference[value.name] for value in graph.outputs])
             if self.library:
                 build_library(graph, self.tvm_target(), staging / LIBRARY)
+                write_loader_source((staging / LIBRARY).parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -141,9 +148,14 @@ class ArmCompiledModel:
     def signature(self) -> list[tuple[tuple[int, ...], str]]:
         return [(tuple(int(d) for d in value.shape), value.dtype) for value in self.graph.outputs]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], form: str = "bundle") -> dict[str, np.ndarray]:
         """Run ``model_arm`` once (qemu-aarch64 on a non-ARM machine: install qemu-user, or copy
-        ``arm/`` to the board with ``optc deploy`` and run ``./model_arm`` there)."""
+        ``arm/`` to the board with ``optc deploy`` and run ``./model_arm`` there); ``form="so"``
+        runs ``lib/model.so`` with TVM's aarch64 runtime instead (``run_library``)."""
+        if form not in FORMS:
+            raise ArtifactError(f"form '{form}' is not known; the arm target's forms are {', '.join(FORMS)}")
+        if form == "so":
+            return self.run_library(feeds)
         checked = check_inputs(self.graph, feeds)
         ordered = [np.ascontiguousarray(checked[value.name], dtype=value.dtype) for value in self.graph.inputs]
         try:
@@ -154,6 +166,20 @@ class ArmCompiledModel:
                                    f"and run ./{aarch64.RUNNER} in a directory holding input<i>.bin); "
                                    "'optc compile --no-check' skips the check that runs it") from error
         return {value.name: array for value, array in zip(self.graph.outputs, result.outputs)}
+
+    def run_library(self, feeds: Mapping[str, np.ndarray], runtime: Path | None = None) -> dict[str, np.ndarray]:
+        """Run ``lib/model.so`` once: ``main(inputs..., params...)`` under qemu-aarch64 (directly on
+        aarch64) with TVM's aarch64 runtime from ``runtime`` (default: ``$OPTC_ARM_RUNTIME`` or
+        ``~/.cache/optc/aarch64-runtime``, filled by ``python -m optc.tools.fetch_arm_runtime``)."""
+        library = self.bundle / LIBRARY
+        if not library.is_file():
+            raise ArtifactError(f"{self.bundle} has no {LIBRARY}; recompile with --target arm (library=True)")
+        checked = check_inputs(self.graph, feeds)
+        arguments = [np.ascontiguousarray(checked[value.name], dtype=value.dtype) for value in self.graph.inputs]
+        arguments += [np.ascontiguousarray(self.graph.params[value])
+                      for value in function_params(self.graph)[len(self.graph.inputs):]]
+        outputs = run_library(library, arguments, self.signature(), self.target.core, runtime=runtime)
+        return {value.name: array for value, array in zip(self.graph.outputs, outputs)}
 
     def export(self, directory: str | Path) -> list[Path]:
         destination = Path(directory) / BUNDLE_DIRECTORY
