@@ -8,7 +8,6 @@ params, which the library does not contain: ``main`` takes the inputs, then the 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from tvm import relax
 from ..errors import ArtifactError, InputError
 from ..ir.graph import Graph
 from ..ir.interpret import check_inputs
+from .library import copy_library_files
 from .lower import ENTRY, function_params, lower_graph, parameter_name
 from .targets import BuildTarget, get_target
 
@@ -109,14 +109,7 @@ class CompiledModel:
             return self.target.export(self._library, directory)
         # loaded from disk: the library already exists as files, so copy them
         assert self._source_directory is not None
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        for source in self.target.library_files(self._source_directory):
-            destination = directory / source.name
-            if source.resolve() != destination.resolve():
-                shutil.copyfile(source, destination)
-            written.append(destination)
-        return written
+        return copy_library_files(self.target.library_files(self._source_directory), directory)
 
     def _check_signature(self) -> None:
         """The library's ``main`` must take this graph's inputs and params, in order."""

@@ -35,6 +35,7 @@ from tvm import tirx
 from tvm.ir import IRModule
 from tvm.target import Target
 
+from ..library import last_line
 from .attention import Attention
 from .conv import Conv2d, ConvConfig, DepthwiseConv2d
 from .fast_math import rewrite_fast_math
@@ -59,7 +60,7 @@ def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None
         try:
             sch = rule.apply(func, target, False)
         except Exception as error:  # pylint: disable=broad-except
-            logger.warning("schedule rule %s failed: %s", type(rule).__name__, _last_line(error))
+            logger.warning("schedule rule %s failed: %s", type(rule).__name__, last_line(error))
             continue
         if sch is None:
             continue
@@ -107,11 +108,6 @@ def schedule_passes(target: Target | None = None, rules: list | None = None, fas
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and SCHEDULED_ATTR in func.attrs and bool(func.attrs[SCHEDULED_ATTR])
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 __all__ = [

@@ -22,8 +22,9 @@ import tvm
 from tvm import relax
 from tvm.target import codegen
 
-from ...errors import ArtifactError, LoweringError
+from ...errors import LoweringError
 from ...ir.graph import Graph
+from ..library import export_executable, last_line, load_library_file
 from . import register_target
 
 if TYPE_CHECKING:
@@ -135,23 +136,16 @@ class CpuTarget:
                 module = tvm.transform.Sequential(self.relax_passes())(module)
             return tvm.compile(module, target, relax_pipeline="default_build")
         except Exception as error:
-            raise LoweringError(f"TVM failed to compile for {target}: {_last_line(error)}") from error
+            raise LoweringError(f"TVM failed to compile for {target}: {last_line(error)}") from error
 
     def export(self, executable: relax.VMExecutable, directory: Path) -> list[Path]:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / self.library_name
-        executable.export_library(str(path))
-        return [path]
+        return export_executable(executable, directory, self.library_name)
 
     def library_files(self, directory: Path) -> list[Path]:
         return [Path(directory) / self.library_name]
 
     def load_library(self, directory: Path) -> tvm.runtime.Module:
-        path = Path(directory) / self.library_name
-        if not path.is_file():
-            raise ArtifactError(f"no compiled library at {path}; export the model first")
-        return tvm.runtime.load_module(str(path))
+        return load_library_file(directory, self.library_name)
 
     def load(self, directory: Path, graph: Graph, manifest: Mapping[str, Any] | None = None) -> CompiledModel:
         from ..runtime import load_compiled  # the runtime imports the target registry
@@ -171,8 +165,3 @@ class CpuTarget:
 
     def device(self) -> tvm.runtime.Device:
         return tvm.cpu(0)
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:500]

@@ -37,8 +37,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ...errors import ArtifactError, LoweringError, OptcError
+from ...errors import LoweringError, OptcError
 from ...ir.graph import Graph
+from ..library import copy_library_files, export_executable, last_line, load_library_file
 from . import register_target
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ class CudaTarget:
                 module = tvm.transform.Sequential(self.relax_passes())(module)
                 executable = tvm.compile(module, target, relax_pipeline="default_build")
         except Exception as error:
-            raise LoweringError(f"TVM failed to compile for {target}: {_last_line(error)}") from error
+            raise LoweringError(f"TVM failed to compile for {target}: {last_line(error)}") from error
         if not cuda_modules(executable.mod):
             raise LoweringError(f"TVM produced no CUDA device module for {self.arch}; is the CUDA runtime loaded?")
         return executable
@@ -244,21 +245,14 @@ class CudaTarget:
         return CudaCompiledModel(graph, self, executable, build_seconds=seconds)
 
     def export(self, executable: relax.VMExecutable, directory: Path) -> list[Path]:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / self.library_name
-        executable.export_library(str(path))
-        return [path]
+        return export_executable(executable, directory, self.library_name)
 
     def library_files(self, directory: Path) -> list[Path]:
         return [Path(directory) / self.library_name]
 
     def load_library(self, directory: Path) -> tvm.runtime.Module:
-        path = Path(directory) / self.library_name
-        if not path.is_file():
-            raise ArtifactError(f"no compiled library at {path}; export the model first")
         ensure_cuda_runtime()  # registers the loader of the embedded fatbin
-        return tvm.runtime.load_module(str(path))
+        return load_library_file(directory, self.library_name)
 
     def load(self, directory: Path, graph: Graph, manifest: Mapping[str, Any] | None = None) -> CudaCompiledModel:
         described = (manifest or {}).get("target", {})
@@ -354,20 +348,8 @@ class CudaCompiledModel:
         if isinstance(self._library, relax.VMExecutable):
             return self.target.export(self._library, directory)
         assert self._source_directory is not None  # loaded from disk: copy the files
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        for source in self.target.library_files(self._source_directory):
-            destination = directory / source.name
-            if source.resolve() != destination.resolve():
-                shutil.copyfile(source, destination)
-            written.append(destination)
-        return written
+        return copy_library_files(self.target.library_files(self._source_directory), directory)
 
     def __repr__(self) -> str:
         signature = f"{self.input_names} -> {self.output_names}"
         return f"<CudaCompiledModel {self.graph.name} for {self.target.arch}: {signature}>"
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:500]
