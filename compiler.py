@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelLoadError
+from .errors import InputError, ModelLoadError
 from .ir.graph import Graph
 from .ir.interpret import interpret, sample_inputs
 from .ir.verify import verify
@@ -81,13 +81,16 @@ def compile(  # noqa: A001 - the public name users expect
     target_options: Mapping[str, Any] | None = None,
     source: str | None = None,
     progress: Progress | None = None,
+    db: str | Path | None = None,
 ) -> Any:
     """Compile ``model`` for ``target``; returns a ``backends.artifact.Artifact``.
 
     ``passes`` is a pipeline string (``"cleanup"``) or a list of passes. With ``output`` the
     artifact is also published there atomically. With ``check`` the pass manager measures every
     pass against the reference interpreter and the compiled library is compared with the
-    reference on seeded sample inputs; both go into the manifest.
+    reference on seeded sample inputs; both go into the manifest. ``db`` is a tuning database
+    directory from ``optc tune`` (cpu target): its tuned kernels replace the default schedules
+    where it has them, and the artifact keeps a copy of it (``tuning/``, hashed in the manifest).
     """
     from .backends import compile_graph
     from .backends.artifact import Artifact, write_artifact
@@ -96,6 +99,13 @@ def compile(  # noqa: A001 - the public name users expect
     from .passes.report import compare_outputs
 
     say = progress or (lambda message: logger.info(message))
+    if db is not None:
+        if target != "cpu":
+            raise InputError(f"a tuning database (--db) applies to --target cpu, not to --target {target}")
+        if not (Path(db) / "database_tuning_record.json").is_file():
+            raise InputError(f"{db} is not a tuning database (no database_tuning_record.json); "
+                             "create it with 'optc tune ... --db DIR'")
+        target_options = {**dict(target_options or {}), "tuning_db": str(db)}
     say("loading model")
     graph = load(model, example_inputs=example_inputs, input_shapes=input_shapes, input_names=input_names,
                  output_names=output_names)

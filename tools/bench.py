@@ -341,16 +341,20 @@ def main_from_cli(args: argparse.Namespace) -> int:
                 "seeded random N(0,1) feeds; give --calib data.npz for ranges (and int8 kernels) that match real data")
         if compiling:
             builds = [_calibrated(pipeline, calib) for pipeline in pipelines]
+            # --db: every pipeline also compiled with the tuning database ("optc tuned")
+            variants = [(p, b, None) for p, b in zip(pipelines, builds)]
+            variants += [(p, b, args.db) for p, b in zip(pipelines, builds)] if getattr(args, "db", None) else []
+            labels = [p + (" tuned" if db else "") for p, _, db in variants]
         if example:
             from . import zoo
 
             if example not in zoo.names():
                 raise InputError(f"unknown example '{example}'; examples: {', '.join(zoo.names())}")
             module, example_inputs = zoo.build(example)
-            for index, (pipeline, build) in enumerate(zip(pipelines, builds)):
-                say(f"compiling example {example} with optc ({pipeline})")
+            for index, (pipeline, build, db) in enumerate(variants):
+                say(f"compiling example {example} with optc ({labels[index]})")
                 artifacts.append(compiler.compile(
-                    module, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}",
+                    module, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}", db=db,
                     example_inputs=example_inputs, input_names=zoo.input_names(example),
                     output_names=zoo.output_names(example), check=False, progress=say))
             if wants_onnx:
@@ -363,21 +367,21 @@ def main_from_cli(args: argparse.Namespace) -> int:
                 from ..backends.artifact import load_artifact
 
                 artifacts.append(load_artifact(model))
-                pipelines = [str(artifacts[0].manifest.get("pipeline"))]
+                pipelines = labels = [str(artifacts[0].manifest.get("pipeline"))]
                 source = Path(str(artifacts[0].manifest.get("source", "")))
                 onnx_path = str(source) if source.suffix == ".onnx" and source.is_file() else None
             else:
-                for index, (pipeline, build) in enumerate(zip(pipelines, builds)):
-                    say(f"compiling {model} with optc ({pipeline})")
+                for index, (pipeline, build, db) in enumerate(variants):
+                    say(f"compiling {model} with optc ({labels[index]})")
                     artifacts.append(compiler.compile(
-                        model, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}",
+                        model, target=args.target, passes=build, output=Path(scratch) / f"artifact{index}", db=db,
                         input_shapes=parse_shapes(args.shape), check=False, progress=say))
                 onnx_path = str(model)
         feeds = sample_inputs(artifacts[0].graph, seed=0)
         specs = [
             SystemSpec("optc" if len(artifacts) == 1 else f"optc[{pipeline}]", kind="optc", artifact=str(artifact.path),
                        threads=threads, spin=args.spin)
-            for pipeline, artifact in zip(pipelines, artifacts)
+            for pipeline, artifact in zip(labels, artifacts)
         ]
         calibration = functools.cache(lambda: _calibration_feeds(artifacts[0].graph, calib))
         peer_specs, broken, skipped = _peer_specs(peers, onnx_path, example, Path(scratch), calibration, calib,

@@ -78,7 +78,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     cuda_options = cuda_target_options(args)
     artifact = compiler.compile(
         model, target=args.target, passes=passes, output=args.output, check=not args.no_check, progress=say,
-        target_options={**target_options(args), **cuda_options}, **options
+        target_options={**target_options(args), **cuda_options}, db=args.db, **options
     )
     report = artifact.extras["report"]
     if not args.quiet:
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mcu_options(compile_parser)
     compile_parser.add_argument("--arch", choices=CUDA_ARCHES, help="--target cuda: GPU compute capability (default sm_90)")
+    compile_parser.add_argument("--db", help="--target cpu: a tuning database from 'optc tune' (tuned kernels win)")
     compile_parser.set_defaults(func=cmd_compile)
 
     run_parser = sub.add_parser("run", help="run a compiled artifact")
@@ -285,11 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--json", help="also write the results to this JSON file")
     bench_parser.add_argument("--spin", action="store_true",
                               help="leave thread pools spin-waiting between runs (default: off for every system)")
+    bench_parser.add_argument("--db", help="also time optc tuned with this database from 'optc tune'")
     bench_parser.set_defaults(func=cmd_bench)
 
     sub.add_parser("passes", help="list the available passes").set_defaults(func=cmd_passes)
     sub.add_parser("examples", help="list the embedded example models").set_defaults(func=cmd_examples)
     register_deploy(sub)
+    from .cli_tune import register_tune
+
+    register_tune(sub)
     return parser
 
 

@@ -92,6 +92,9 @@ class CpuTarget:
     ``get_target("cpu", schedules=False)`` builds the naive kernels TVM gives without them.
     ``fast_math`` (with schedules) replaces float32 erf/tanh by vectorizable approximations
     (abs error < 1e-6; GELU epilogues were dominated by scalar libm calls).
+    ``tuning_db`` (a MetaSchedule JSON database directory from ``optc tune``) replaces the kernels
+    it has tuned schedules for before the default schedules run; ``export`` copies its files into
+    the artifact (``tuning/``).
     """
 
     mcpu: str | None = field(default_factory=detect_host_mcpu)
@@ -99,6 +102,7 @@ class CpuTarget:
     library_name: str = "model.so"
     schedules: bool = True
     fast_math: bool = True
+    tuning_db: str | None = None
     name: str = field(default="cpu", init=False)
 
     def tvm_target(self) -> tvm.target.Target:
@@ -118,7 +122,16 @@ class CpuTarget:
             raise LoweringError(f"TVM rejects the CPU target {config}: {error}") from error
 
     def relax_passes(self) -> list[tvm.transform.Pass]:
-        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero"), *self.schedule_passes()]
+        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero"), *self.tuning_passes(),
+                *self.schedule_passes()]
+
+    def tuning_passes(self) -> list[tvm.transform.Pass]:
+        """The tuned kernels of ``tuning_db`` (empty without one); they win over the default schedules."""
+        if not self.tuning_db:
+            return []
+        from ..tuning import ApplyTuningDatabase  # noqa: PLC0415  (MetaSchedule only when used)
+
+        return [ApplyTuningDatabase(self.tuning_db)]
 
     def schedule_passes(self) -> list[tvm.transform.Pass]:
         """The scheduling stage between ``zero`` and ``tvm.compile`` (empty with ``schedules=False``)."""
@@ -139,7 +152,12 @@ class CpuTarget:
             raise LoweringError(f"TVM failed to compile for {target}: {last_line(error)}") from error
 
     def export(self, executable: relax.VMExecutable, directory: Path) -> list[Path]:
-        return export_executable(executable, directory, self.library_name)
+        files = export_executable(executable, directory, self.library_name)
+        if self.tuning_db:
+            from ..tuning import copy_database  # noqa: PLC0415
+
+            files += copy_database(self.tuning_db, Path(directory) / "tuning")
+        return files
 
     def library_files(self, directory: Path) -> list[Path]:
         return [Path(directory) / self.library_name]
@@ -161,6 +179,7 @@ class CpuTarget:
             "schedules": self.schedules,
             "fast_math": self.fast_math,
             "library": self.library_name,
+            **({"tuning_db": str(self.tuning_db), "tuning_files": "tuning/"} if self.tuning_db else {}),
         }
 
     def device(self) -> tvm.runtime.Device:

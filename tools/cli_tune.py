@@ -1,0 +1,74 @@
+"""``optc tune``: auto-tune a model's kernels with MetaSchedule into a database directory.
+
+    optc tune --example resnet18 --trials 8 --db tuned/resnet18
+    optc compile --example resnet18 --db tuned/resnet18 -o out/resnet18-tuned
+
+Run it again with the same ``--db`` after an interruption or with more ``--trials``: kernels
+that already have their trials are skipped. ``--rpc HOST:PORT --key NAME`` measures candidates
+on the devices an RPC tracker lends under NAME (builds stay on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import InputError
+
+DEFAULT_DB = "optc-tuning-db"
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .. import compiler
+    from ..backends.tuning import RpcSettings, tune_graph
+    from ..passes import PassManager
+    from .cli import _progress, parse_shapes
+
+    say = _progress(args.quiet)
+    if args.target != "cpu":
+        raise InputError(f"optc tune supports --target cpu only, not '{args.target}'")
+    if bool(args.model) == bool(args.example):
+        raise InputError("give either a MODEL file or --example NAME (see 'optc examples')")
+    rpc = RpcSettings.parse(args.rpc, args.key or "") if args.rpc else None
+    if args.key and not args.rpc:
+        raise InputError("--key is the device key of --rpc HOST:PORT; give both")
+    if args.example:
+        from . import zoo
+
+        if args.example not in zoo.names():
+            raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
+        say(f"building example model '{args.example}'")
+        module, example_inputs = zoo.build(args.example)
+        graph = compiler.load(module, example_inputs=example_inputs, input_names=zoo.input_names(args.example),
+                              output_names=zoo.output_names(args.example))
+    else:
+        graph = compiler.load(args.model, input_shapes=parse_shapes(args.shape))
+    passes: Any = args.passes or compiler.DEFAULT_PIPELINE
+    say(f"running passes: {passes} (compile with the same --passes to use the tuned kernels)")
+    PassManager(passes, verify=True, check_numerics=False).run(graph)
+    say("extracting kernels (MetaSchedule's first start takes about 20 s)")
+    summary = tune_graph(graph, args.db, args.trials, rpc=rpc, seed=args.seed, progress=say)
+    print(f"tuned {len(summary.tasks)} kernels in {summary.seconds:.1f} s: {summary.trials_run} trials run, "
+          f"{summary.trials_skipped} skipped (already in {args.db})")
+    for task in summary.tasks:
+        best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no valid candidate"
+        print(f"  {task.name:<48} x{task.weight:<3} {task.trials_before + task.trials_run:>4} trials  best {best}")
+    print(f"database: {args.db} (use it with 'optc compile ... --db {args.db}')")
+    return 0
+
+
+def register_tune(sub: Any) -> None:
+    parser = sub.add_parser("tune", help="auto-tune a model's kernels (MetaSchedule) into a database directory")
+    parser.add_argument("model", nargs="?", help="an .onnx file")
+    parser.add_argument("--example", help="an embedded example model instead of a file (see 'optc examples')")
+    parser.add_argument("--target", default="cpu", help="target name (cpu only)")
+    parser.add_argument("--trials", type=int, required=True, help="measured candidates per kernel (task)")
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database directory, created or resumed (default {DEFAULT_DB})")
+    parser.add_argument("--passes", default=None, help="optc pipeline before tuning (default: cleanup,fuse); "
+                        "compile with the same one")
+    parser.add_argument("--shape", action="append", help="bind an input shape: NAME=1x3x224x224 (repeatable)")
+    parser.add_argument("--rpc", help="HOST:PORT of a TVM RPC tracker: measure on its devices")
+    parser.add_argument("--key", help="device key the RPC servers registered with the tracker")
+    parser.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=cmd_tune)
