@@ -42,6 +42,7 @@ import numpy as np
 from ...errors import OptcError, PipelineError
 from ...ir.graph import Graph
 from ...ir.interpret import sample_inputs
+from ..calibration import load_calibration
 from ..pipeline import register_pass
 from .budget import Budget, choose
 from .groups import ChannelAnalysis, analyze_channels
@@ -219,24 +220,6 @@ def _group_rows(analysis: ChannelAnalysis, removed: np.ndarray) -> list[GroupRow
         rows.append(GroupRow(group.name, group.sources, len(group.units), len(group.units) - gone,
                              group.unit_width, len(group.frozen), group.reasons(), group.normalized))
     return rows
-
-
-def load_calibration(path: str, graph: Graph) -> list[dict[str, np.ndarray]]:
-    """Feeds from an ``.npz`` keyed by input name; an extra leading axis holds several feeds."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise OptcError(f"cannot read calibration data {path}: {error}") from error
-    names = [value.name for value in graph.inputs]
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise OptcError(f"calibration data {path} lacks inputs {missing}; it has {sorted(arrays)}")
-    stacked = all(arrays[value.name].ndim == value.type.rank + 1 for value in graph.inputs)
-    if not stacked:
-        return [{name: arrays[name] for name in names}]
-    count = min(len(arrays[name]) for name in names)
-    return [{name: arrays[name][index] for name in names} for index in range(count)]
 
 
 @register_pass("slice")

@@ -373,6 +373,18 @@ def test_importance_by_activation_and_batch_norm(fused_graphs):
         slice_channels(fused(fused_graphs, "split"), ratio=0.3, importance="activation")
 
 
+def test_activation_importance_reads_the_shared_calibration_format(fused_graphs, tmp_path):
+    """calib=FILE: arrays keyed by input name, first axis = samples (as quant's --calib)."""
+    graph = fused(fused_graphs, "split")
+    samples = [sample_inputs(graph, seed) for seed in range(3)]
+    np.savez(tmp_path / "calib.npz", **{value.name: np.concatenate([feed[value.name] for feed in samples])
+                                        for value in graph.inputs})
+    from_file = graph.clone()
+    parse_pipeline(f"slice(flops=0.3, importance=activation, calib='{tmp_path / 'calib.npz'}')")[0](from_file)
+    slice_channels(graph, flops=0.3, importance="activation", feeds=samples)
+    assert str(from_file) == str(graph)  # the file's samples are the same feeds
+
+
 def test_slicing_a_sliced_graph_again(fused_graphs):
     graph = fused(fused_graphs, "mobilenetv2")
     slice_channels(graph, flops=0.3)
