@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +53,28 @@ def parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]] | None:
 
 # ---- compile ------------------------------------------------------------------------------------------
 
+def model_source(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The model of a MODEL file or --example NAME, and the keyword options compiler.load and
+    compiler.compile take for it (example inputs, names, shapes, source)."""
+    if bool(args.model) == bool(args.example):
+        raise InputError("give either a MODEL file or --example NAME (see 'optc examples')")
+    if not args.example:
+        return args.model, dict(input_shapes=parse_shapes(args.shape))
+    from . import zoo
+
+    if args.example not in zoo.names():
+        raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
+    say(f"building example model '{args.example}'")
+    module, example_inputs = zoo.build(args.example)
+    return module, dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example),
+                        output_names=zoo.output_names(args.example), source=f"example:{args.example}")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .. import compiler
 
     say = _progress(args.quiet)
-    if bool(args.model) == bool(args.example):
-        raise InputError("give either a MODEL file or --example NAME (see 'optc examples')")
-    if args.example:
-        from . import zoo
-
-        if args.example not in zoo.names():
-            raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
-        say(f"building example model '{args.example}'")
-        module, example_inputs = zoo.build(args.example)
-        model: Any = module
-        options = dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example),
-                       output_names=zoo.output_names(args.example), source=f"example:{args.example}")
-    else:
-        model = args.model
-        options = dict(input_shapes=parse_shapes(args.shape))
+    model, options = model_source(args, say)
     from .cli_deploy import target_options
     from .cli_quant import with_calibration
 

@@ -22,27 +22,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .. import compiler
     from ..backends.tuning import RpcSettings, tune_graph
     from ..passes import PassManager
-    from .cli import _progress, parse_shapes
+    from .cli import _progress, model_source
 
     say = _progress(args.quiet)
     if args.target != "cpu":
         raise InputError(f"optc tune supports --target cpu only, not '{args.target}'")
-    if bool(args.model) == bool(args.example):
-        raise InputError("give either a MODEL file or --example NAME (see 'optc examples')")
     rpc = RpcSettings.parse(args.rpc, args.key or "") if args.rpc else None
     if args.key and not args.rpc:
         raise InputError("--key is the device key of --rpc HOST:PORT; give both")
-    if args.example:
-        from . import zoo
-
-        if args.example not in zoo.names():
-            raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
-        say(f"building example model '{args.example}'")
-        module, example_inputs = zoo.build(args.example)
-        graph = compiler.load(module, example_inputs=example_inputs, input_names=zoo.input_names(args.example),
-                              output_names=zoo.output_names(args.example))
-    else:
-        graph = compiler.load(args.model, input_shapes=parse_shapes(args.shape))
+    model, options = model_source(args, say)
+    options.pop("source", None)
+    graph = compiler.load(model, **options)
     passes: Any = args.passes or compiler.DEFAULT_PIPELINE
     say(f"running passes: {passes} (compile with the same --passes to use the tuned kernels)")
     PassManager(passes, verify=True, check_numerics=False).run(graph)
