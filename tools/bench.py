@@ -107,6 +107,11 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
         module, _ = zoo.build(spec.example)
         module = module.to(spec.device).eval()
         if spec.compiled:
+            from torch._inductor import config as inductor_config
+
+            # freezing folds the weights into the graph as constants (what optc does too); the
+            # issue's reference numbers for torch.compile are with freezing
+            inductor_config.freezing = True
             module = torch.compile(module)
         tensors = tuple(torch.from_numpy(feeds[name]).to(spec.device) for name in zoo.input_names(spec.example))
         synchronize = torch.cuda.synchronize if spec.device == "cuda" else (lambda: None)
@@ -118,7 +123,7 @@ def _build_runner(spec: SystemSpec, feeds: dict[str, np.ndarray]) -> tuple[Calla
             return result
 
         where = f" on {torch.cuda.get_device_name()}" if spec.device == "cuda" else ""
-        return run_torch, f"torch {torch.__version__} {'torch.compile' if spec.compiled else 'eager'}{where}"
+        return run_torch, f"torch {torch.__version__} {'torch.compile (inductor, freezing)' if spec.compiled else 'eager'}{where}"
     raise InputError(f"unknown system {spec.kind}")
 
 
@@ -214,20 +219,30 @@ def measure(specs: list[SystemSpec], feeds: dict[str, np.ndarray], repeat: int, 
     return sorted(results, key=lambda result: order[result.name])
 
 
-def format_table(results: list[SystemResult]) -> str:
-    optc = next((r for r in results if r.name.startswith("optc") and r.runs), None)
+def format_table(results: list[SystemResult], flops: int | None = None) -> str:
+    """Medians, spread and ratios; the ratio is to ONNX Runtime ("ort") when it was measured,
+    else to the first optc system. With ``flops`` (the model's FLOPs before any pass), each
+    system's effective GFLOP/s = those FLOPs / its median, so systems that skip work (pruned or
+    quantized builds) show as faster, not as doing more arithmetic."""
+    measured = [r for r in results if r.runs]
+    reference = next((r for r in measured if r.name == "ort"), None) or next(
+        (r for r in measured if r.name.startswith("optc")), None)
     width = max([8] + [len(r.name) for r in results])
-    lines = [f"{'system':<{width}} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}  {'ratio':>8}  note"]
+    rate = f" {'GFLOP/s':>8}" if flops else ""
+    lines = [f"{'system':<{width}} {'median ms':>10} {'p10':>9} {'p90':>9} {'runs':>5}{rate}  {'ratio':>8}  note"]
     for result in results:
         if not result.runs:
-            lines.append(f"{result.name:<{width}} {'-':>10} {'-':>9} {'-':>9} {0:>5}  {'-':>8}  {result.note}")
+            dash = f" {'-':>8}" if flops else ""
+            lines.append(f"{result.name:<{width}} {'-':>10} {'-':>9} {'-':>9} {0:>5}{dash}  {'-':>8}  {result.note}")
             continue
-        ratio = f"{result.median_ms / optc.median_ms:.2f}x" if optc else "-"
-        lines.append(
-            f"{result.name:<{width}} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} {result.runs:>5}  {ratio:>8}  {result.note}"
-        )
-    reference = optc.name if optc else "optc"
-    lines.append(f"ratio = that system's median / {reference}'s median (above 1: {reference} is faster)")
+        ratio = f"{result.median_ms / reference.median_ms:.2f}x" if reference else "-"
+        gflops = f" {flops / result.median_ms / 1e6:>8.1f}" if flops else ""
+        lines.append(f"{result.name:<{width}} {result.median_ms:>10.3f} {result.p10_ms:>9.3f} {result.p90_ms:>9.3f} "
+                     f"{result.runs:>5}{gflops}  {ratio:>8}  {result.note}")
+    name = reference.name if reference else "optc"
+    lines.append(f"ratio = that system's median / {name}'s median (below 1: faster than {name})")
+    if flops:
+        lines.append(f"GFLOP/s = the model's {flops / 1e9:.3f} GFLOP (before any pass) / median")
     return "\n".join(lines)
 
 
@@ -312,6 +327,13 @@ def _peer_specs(peers: list[str], onnx_path: str | None, example: str | None, sc
     return specs, broken, skipped
 
 
+def _model_flops(artifact: Any) -> int | None:
+    """The FLOPs of the model before optc's passes, from the artifact's pass report."""
+    report = artifact.manifest.get("report") or {}
+    flops = (report.get("before") or {}).get("flops")
+    return int(flops) if flops else None
+
+
 def main_from_cli(args: argparse.Namespace) -> int:
     from .. import compiler
     from ..ir.interpret import sample_inputs
@@ -347,9 +369,9 @@ def main_from_cli(args: argparse.Namespace) -> int:
             labels = [p + (" tuned" if db else "") for p, _, db in variants]
         if example:
             from . import zoo
+            from .cli import example_name
 
-            if example not in zoo.names():
-                raise InputError(f"unknown example '{example}'; examples: {', '.join(zoo.names())}")
+            example_name(example)
             module, example_inputs = zoo.build(example)
             for index, (pipeline, build, db) in enumerate(variants):
                 say(f"compiling example {example} with optc ({labels[index]})")
@@ -398,11 +420,12 @@ def main_from_cli(args: argparse.Namespace) -> int:
           f"load avg: {os.getloadavg()[0]:.2f}  {'spin-waits: runtime defaults' if args.spin else SPIN_NOTE}")
     if calibration_text:
         print(f"calibration: {calibration_text}")
-    print(format_table(results))
+    flops = _model_flops(artifacts[0])
+    print(format_table(results, flops))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": example or str(args.model), "target": args.target, "passes": pipelines, "threads": threads,
-            "peers": peers, "calibration": calibration_text,
+            "peers": peers, "calibration": calibration_text, "flops": flops,
             "date": time.strftime("%Y-%m-%d"), "spin": args.spin, "load_average": os.getloadavg()[0],
             "results": [asdict(r) for r in results],
         }, indent=1))

@@ -62,9 +62,8 @@ def model_source(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[
         return args.model, dict(input_shapes=parse_shapes(args.shape))
     from . import zoo
 
-    if args.example not in zoo.names():
-        raise InputError(f"unknown example '{args.example}'; examples: {', '.join(zoo.names())}")
-    say(f"building example model '{args.example}'")
+    name, size = example_name(args.example)
+    say(f"building example model '{name}' ({size})")
     module, example_inputs = zoo.build(args.example)
     return module, dict(example_inputs=example_inputs, input_names=zoo.input_names(args.example),
                         output_names=zoo.output_names(args.example), source=f"example:{args.example}")
@@ -156,6 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.save:
         np.savez(args.save, **outputs)
         print(f"saved outputs to {args.save}")
+    if args.profile:
+        from ..backends.profile import format_profile, profile_kernels
+        from ..backends.runtime import CompiledModel
+
+        if not isinstance(model, CompiledModel):
+            raise InputError(f"--profile times the kernels of CPU/CUDA libraries, not of --target {artifact.target}")
+        print(f"time per kernel, median of {args.profile} runs:")
+        print(format_profile(profile_kernels(model, feeds, runs=args.profile)))
     return 0
 
 
@@ -222,11 +229,22 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def example_name(text: str) -> tuple[str, str]:
+    """``--example NAME[:SIZE]`` as (model, size); InputError listing the examples when unknown."""
+    from . import zoo
+
+    try:
+        return zoo.check_example(text)
+    except ValueError as error:
+        raise InputError(f"{error} (see 'optc examples')") from None
+
+
 def cmd_examples(args: argparse.Namespace) -> int:
     from . import zoo
 
     for name in zoo.names():
-        print(f"  {name}")
+        sizes = zoo.sizes(name)
+        print(f"  {name:<12} sizes: {sizes[0]} (default), {', '.join(sizes[1:])}   e.g. --example {name}:{sizes[-1]}")
     return 0
 
 
@@ -238,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_parser = sub.add_parser("compile", help="compile a model into an artifact directory")
     compile_parser.add_argument("model", nargs="?", help="an .onnx file")
-    compile_parser.add_argument("--example", help="an embedded example model instead of a file (see 'optc examples')")
+    compile_parser.add_argument("--example", metavar="NAME[:SIZE]", help="an embedded example model instead of a file (see 'optc examples')")
     compile_parser.add_argument("--target", default="cpu", help="target name (default: cpu)")
     compile_parser.add_argument("-o", "--output", required=True, help="artifact directory to write")
     compile_parser.add_argument("--passes", default=None,
@@ -262,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--save", help="write outputs to this .npz")
     run_parser.add_argument("--seed", type=int, default=0)
     run_parser.add_argument("--threads", type=int, help="threads for the CPU runtime (default: all cores)")
+    run_parser.add_argument("--profile", type=int, nargs="?", const=5, metavar="RUNS",
+                            help="also print the time of each kernel (median of RUNS runs, default 5)")
     run_parser.add_argument("--entry", help="entry point of a multi-entry artifact (default: its first; "
                                             "'optc inspect' lists them)")
     run_parser.add_argument("--form", choices=("bundle", "so"), help="--target arm artifacts: the standalone "
@@ -275,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = sub.add_parser("bench", help="median latency of optc against its peers, interleaved")
     bench_parser.add_argument("model", nargs="?", help="an .onnx file or an artifact directory")
-    bench_parser.add_argument("--example", help="an embedded example model (enables the torch peer)")
+    bench_parser.add_argument("--example", metavar="NAME[:SIZE]", help="an embedded example model, e.g. gpt2:full (enables the torch peers)")
     bench_parser.add_argument("--target", default="cpu")
     bench_parser.add_argument("--passes", action="append",
                               help="optc pipeline (repeat it to time several pipelines in the same run; default: cleanup,fuse)")

@@ -50,7 +50,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def register_tune(sub: Any) -> None:
     parser = sub.add_parser("tune", help="auto-tune a model's kernels (MetaSchedule) into a database directory")
     parser.add_argument("model", nargs="?", help="an .onnx file")
-    parser.add_argument("--example", help="an embedded example model instead of a file (see 'optc examples')")
+    parser.add_argument("--example", metavar="NAME[:SIZE]", help="an embedded example model instead of a file (see 'optc examples')")
     parser.add_argument("--target", default="cpu", help="target name (cpu only)")
     parser.add_argument("--trials", type=int, required=True, help="measured candidates per kernel (task)")
     parser.add_argument("--db", default=DEFAULT_DB, help=f"database directory, created or resumed (default {DEFAULT_DB})")

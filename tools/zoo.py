@@ -343,7 +343,26 @@ def names() -> list[str]:
     return list(_MODELS)
 
 
+def split_name(name: str, size: str | None = None) -> tuple[str, str | None]:
+    """``"gpt2:full"`` -> ``("gpt2", "full")``: examples can be named with a size (CLI ``--example``)."""
+    base, _, suffix = name.partition(":")
+    if suffix and size and suffix != size:
+        raise ValueError(f"'{name}' names size '{suffix}' but size='{size}' was also given")
+    return base, suffix or size
+
+
+def check_example(name: str) -> tuple[str, str]:
+    """The model and size that ``name`` (``NAME`` or ``NAME:SIZE``) picks; ValueError listing the
+    known ones when there is no such model or size."""
+    base, size = split_name(name)
+    if base not in _MODELS:
+        raise ValueError(f"unknown example '{base}'; examples: {', '.join(_MODELS)} (optionally NAME:SIZE)")
+    options(base, size)  # raises for an unknown size
+    return base, size or _MODELS[base].default_size
+
+
 def _spec(name: str) -> ModelSpec:
+    name = split_name(name)[0]
     try:
         return _MODELS[name]
     except KeyError:
@@ -359,7 +378,7 @@ def sizes(name: str) -> list[str]:
 def options(name: str, size: str | None = None) -> dict[str, Any]:
     """The hyper-parameters of one size of a model (dims, depth, image size, batch, ...)."""
     spec = _spec(name)
-    chosen = size or spec.default_size
+    chosen = split_name(name, size)[1] or spec.default_size
     if chosen not in spec.sizes:
         raise ValueError(f"model '{name}' has no size '{chosen}'; known: {', '.join(sizes(name))}")
     return dict(spec.sizes[chosen])
@@ -370,8 +389,10 @@ def build(name: str, seed: int = 0, *, size: str | None = None, batch: int | Non
     """A seeded model in eval mode and seeded example inputs.
 
     ``size`` picks a named size (``sizes(name)``); ``batch`` and keyword ``overrides`` (any key
-    of ``options(name, size)``) change single hyper-parameters.
+    of ``options(name, size)``) change single hyper-parameters. ``name`` may carry the size
+    (``"gpt2:full"``).
     """
+    name, size = split_name(name, size)
     chosen = options(name, size)
     unknown = set(overrides) - set(chosen)
     if unknown:
@@ -401,6 +422,7 @@ def export_onnx(name: str, path: str | os.PathLike[str], seed: int = 0, *, size:
     Uses the TorchScript exporter: its opset-17 output needs no version conversion and it handles
     every zoo model with static shapes.
     """
+    name, size = split_name(name, size)
     model, inputs = build(name, seed, size=size, batch=batch, **overrides)
     with torch.no_grad():
         torch.onnx.export(
@@ -410,5 +432,5 @@ def export_onnx(name: str, path: str | os.PathLike[str], seed: int = 0, *, size:
     return model, inputs
 
 
-__all__ = ["build", "export_onnx", "input_names", "names", "options", "output_names", "sizes"]
+__all__ = ["build", "check_example", "export_onnx", "input_names", "names", "options", "output_names", "sizes", "split_name"]
 

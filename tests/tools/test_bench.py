@@ -31,6 +31,9 @@ def test_measure_reports_a_broken_peer_and_still_times_optc(tmp_path):
     assert by_name["ort"].runs == 0 and by_name["ort"].note.startswith("failed:")
     table = format_table(results)
     assert "1.00x" in table and "failed" in table and "ratio" in table
+    with_rate = format_table(results, flops=2_000_000)
+    optc_row = next(line for line in with_rate.splitlines() if line.startswith("optc"))
+    assert f"{2e6 / by_name['optc'].median_ms / 1e6:.1f}" in optc_row and "GFLOP/s" in with_rate
 
 
 # ---- ONNX Runtime int8 peers and --calib ---------------------------------------------------------
