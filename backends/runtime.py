@@ -24,6 +24,9 @@ from .library import copy_library_files
 from .lower import ENTRY, function_params, lower_graph, parameter_name
 from .targets import BuildTarget, get_target
 
+# what relax.transform.LiftTransformParams names the weight-only part of main (run once at load)
+TRANSFORM_PARAMS = f"{ENTRY}_transform_params"
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +57,10 @@ class CompiledModel:
         self._check_signature()
         params = function_params(self.graph)[len(self.graph.inputs):]
         self._params = [tvm.runtime.tensor(_contiguous(self.graph.params[value]), self._device) for value in params]
+        if self._has_function(TRANSFORM_PARAMS):
+            # weights the kernels read in another layout (packed panels, transposed tied weights):
+            # transformed once here, as the library's own main_transform_params says
+            self._params = list(self._vm[TRANSFORM_PARAMS](self._params))
 
     @property
     def input_names(self) -> list[str]:
@@ -111,11 +118,21 @@ class CompiledModel:
         assert self._source_directory is not None
         return copy_library_files(self.target.library_files(self._source_directory), directory)
 
+    def _has_function(self, name: str) -> bool:
+        try:
+            self._vm.module["get_function_arity"](name)
+        except Exception:  # pylint: disable=broad-except  (the VM raises for unknown functions)
+            return False
+        return True
+
     def _check_signature(self) -> None:
-        """The library's ``main`` must take this graph's inputs and params, in order."""
+        """The library's ``main`` must take this graph's inputs and params, in order (with
+        ``main_transform_params``, main takes the inputs and then the transformed params)."""
         expected = [parameter_name(value) for value in function_params(self.graph)]
         arity = int(self._vm.module["get_function_arity"](ENTRY))
         actual = [str(self._vm.module["get_function_param_name"](ENTRY, index)) for index in range(arity)]
+        if self._has_function(TRANSFORM_PARAMS):
+            expected, actual = expected[:len(self.graph.inputs)], actual[:len(self.graph.inputs)]
         if actual != expected:
             raise ArtifactError(
                 f"the compiled library does not match graph {self.graph.name}: its {ENTRY} takes "

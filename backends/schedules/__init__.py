@@ -42,6 +42,7 @@ from .fast_math import rewrite_fast_math
 from .matmul import Matmul, MatmulConfig
 from .quant import IntegerConv2d, IntegerMatmul, WeightOnlyMatmul
 from .transpose import Transpose
+from .weights import mark_passes, pack_passes, with_packed_args
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None
             continue
         if isinstance(sch, list):
             sch = sch[0]
-        return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), type(rule).__name__
+        return with_packed_args(sch).with_attr(SCHEDULED_ATTR, True), type(rule).__name__
     return None
 
 
@@ -101,9 +102,14 @@ class ApplySchedules:
         return mod
 
 
-def schedule_passes(target: Target | None = None, rules: list | None = None, fast_math: bool = True) -> list[tvm.transform.Pass]:
-    """The passes the CPU target runs after ``zero`` when schedules are on."""
-    return [ApplySchedules(rules, target, fast_math)]
+def schedule_passes(target: Target | None = None, rules: list | None = None, fast_math: bool = True,
+                    pack_weights: bool = True) -> list[tvm.transform.Pass]:
+    """The passes the CPU target runs after ``zero`` when schedules are on; with ``pack_weights``,
+    weights are packed for the kernels and every weight-only computation moves to load time
+    (``weights.py``)."""
+    if not pack_weights:
+        return [ApplySchedules(rules, target, fast_math)]
+    return [*mark_passes(), ApplySchedules(rules, target, fast_math), *pack_passes()]
 
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
