@@ -251,7 +251,7 @@ def tune_module(
     if unmeasured:
         say(f"measuring optc's default schedules of {len(unmeasured)} kernels (tuned kernels must beat them)")
         try:
-            _note_defaults(work_dir, _measure_defaults(unmeasured, target, builder, runner))
+            _note_defaults(work_dir, _measure_defaults(unmeasured, target, builder, runner, _weight_args(fused)))
         except Exception as error:  # without a default time the tuned kernel simply wins
             logger.warning("could not measure optc's default schedules: %s", " ".join(str(error).split())[-300:])
     meter = _ProgressMeter(total_missing, say)
@@ -288,20 +288,39 @@ def tune_module(
     return summary
 
 
-def _measure_defaults(tasks: list[Any], target: tvm.target.Target, builder: Any, runner: Any) -> dict[str, tuple[str, float]]:
-    """Milliseconds of each task's kernel under optc's default schedules (as the cpu target builds it),
-    measured like the candidates; keyed like the state file. Kernels that fail to build or run are left out."""
+def _weight_args(fused: tvm.IRModule) -> dict[str, Any]:
+    """Kernel name -> the arguments ``MarkWeightArgs`` marks as weights (what the default schedules pack)."""
+    from .schedules.weights import WEIGHT_ARGS_ATTR, MarkWeightArgs  # noqa: PLC0415
+
+    marked = MarkWeightArgs()(fused)
+    return {gvar.name_hint: func.attrs[WEIGHT_ARGS_ATTR] for gvar, func in marked.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and WEIGHT_ARGS_ATTR in func.attrs}
+
+
+def _measure_defaults(tasks: list[Any], target: tvm.target.Target, builder: Any, runner: Any,
+                      weight_args: dict[str, Any] | None = None) -> dict[str, tuple[str, float]]:
+    """Milliseconds of each task's kernel under optc's default schedules (as the cpu target builds it:
+    weights packed where ``weight_args`` marks them), measured like the candidates; keyed like the
+    state file. Kernels that fail to build or run are left out."""
     from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock  # noqa: PLC0415
 
     from .schedules import rewrite_fast_math, schedule_func  # noqa: PLC0415
+    from .schedules.weights import WEIGHT_ARGS_ATTR  # noqa: PLC0415
 
     inputs, arg_infos = [], []
     for task in tasks:
         func = task.dispatched[0]["main"]
         rewritten, _ = rewrite_fast_math(func)
+        if (weight_args or {}).get(task.task_name) is not None:
+            rewritten = rewritten.with_attr(WEIGHT_ARGS_ATTR, weight_args[task.task_name])
         scheduled = schedule_func(rewritten, target)
-        inputs.append(ms.builder.BuilderInput(tvm.IRModule({"main": scheduled[0] if scheduled else rewritten}), target))
-        arg_infos.append(ms.arg_info.ArgInfo.from_prim_func(func))
+        kernel = scheduled[0] if scheduled else rewritten
+        inputs.append(ms.builder.BuilderInput(tvm.IRModule({"main": kernel}), target))
+        # the arguments as build_kernel compiles it: weights packed by the schedule (optc.packed_args)
+        # or by a layout-rewrite block (which build_kernel drops: the kernel then takes the packed weight)
+        built = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(tvm.IRModule({"main": kernel}))
+        arg_infos.append(ms.arg_info.ArgInfo.from_prim_func(built["main"]))
     built = builder.build(inputs)
     runnable = [(task, result, info) for task, result, info in zip(tasks, built, arg_infos) if result.error_msg is None]
     futures = runner.run([ms.runner.RunnerInput(result.artifact_path, "cpu", info)
