@@ -1,4 +1,4 @@
-"""Vectorizable float32 ``erf`` and ``tanh`` for CPU kernels (a TIR expression rewrite).
+"""Vectorizable float32 ``erf``, ``tanh`` and ``exp`` for CPU kernels (a TIR expression rewrite).
 
 LLVM lowers ``T.erf`` / ``T.tanh`` to scalar libm calls (``erff``, ``tanhf``), one call per
 lane even in a vectorized loop: ~12 ns per element for ``erf`` on the test machine, which made
@@ -57,7 +57,32 @@ def fast_tanh(argument: tirx.Expr) -> tirx.Expr:
     return _rational(argument, TANH_CLAMP, TANH_P, TANH_Q, "tanh")
 
 
-REWRITES = {"tirx.erf": fast_erf, "tirx.tanh": fast_tanh}
+# exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by Cephes' expf polynomial
+# (TVM's topi.fast_exp); 2^n is built in the float's exponent bits
+EXP_LOW, EXP_HIGH = -87.3, 88.3762626647950  # below: 0 (the result would be denormal); above: overflow
+LOG2E = 1.44269504088896341
+LN2_HIGH, LN2_LOW = 0.693359375, -2.12194440e-4  # ln 2 in two parts: r = x - n ln2 loses no bits
+EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def fast_exp(argument: tirx.Expr) -> tirx.Expr:
+    """Vectorizable float32 exp; 0 below -87.3 (softmax's masked -inf scores included), NaN kept."""
+    a = tirx.Var("exp_a", "float32")
+    x = tirx.Var("exp_x", "float32")
+    n = tirx.Var("exp_n", "float32")
+    r = tirx.Var("exp_r", "float32")
+    polynomial = _horner(r, EXP_P) * r * r + r + _const(1.0)
+    two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
+                                                         tirx.const(23, "int32")))
+    value = polynomial * two_n
+    value = tirx.Select(a < _const(EXP_LOW), _const(0.0), value)
+    value = tirx.Select(tirx.isnan(a), a, value)
+    body = tirx.Let(n, tirx.floor(x * _const(LOG2E) + _const(0.5)), tirx.Let(r, x - n * _const(LN2_HIGH) - n * _const(LN2_LOW), value))
+    clamped = tirx.max(tirx.min(a, _const(EXP_HIGH)), _const(EXP_LOW))
+    return tirx.Let(a, argument, tirx.Let(x, clamped, body))
+
+
+REWRITES = {"tirx.erf": fast_erf, "tirx.tanh": fast_tanh, "tirx.exp": fast_exp}
 
 
 def rewrite_fast_math(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:

@@ -248,18 +248,37 @@ def test_schedules_can_be_switched_off() -> None:
     np.testing.assert_allclose(actual[graph.outputs[0].name], interpret(graph, feeds)[graph.outputs[0].name], **TOLERANCE)
 
 
-def test_fast_math_rewrites_only_float32_erf_and_tanh() -> None:
+def test_fast_math_rewrites_only_float32_erf_tanh_and_exp() -> None:
     from tvm import te
 
     x = te.placeholder((16,), name="x")
-    y = te.compute((16,), lambda i: te.erf(x[i]) + te.tanh(x[i]) + te.exp(x[i]), name="y")
+    y = te.compute((16,), lambda i: te.erf(x[i]) + te.tanh(x[i]) + te.exp(x[i]) + te.log(x[i]), name="y")
     func, count = rewrite_fast_math(te.create_prim_func([x, y]))
-    assert count == 2
+    assert count == 3
     script = func.script()
-    assert "T.erf(" not in script and "T.tanh(" not in script and "T.exp(" in script
+    assert "T.erf(" not in script and "T.tanh(" not in script and "T.exp(" not in script and "T.log(" in script
     half = te.placeholder((16,), name="h", dtype="float16")
     _, count = rewrite_fast_math(te.create_prim_func([half, te.compute((16,), lambda i: te.erf(half[i]))]))
     assert count == 0
+
+
+def test_fast_exp_against_float64_including_softmax_edge_cases() -> None:
+    """Relative error under 2e-7 on normal floats; -inf (masked scores) gives 0, +inf inf, NaN NaN."""
+    from tvm import te
+
+    n = 4096
+    x = te.placeholder((n,), name="x")
+    func, _ = rewrite_fast_math(te.create_prim_func([x, te.compute((n,), lambda i: te.exp(x[i]), name="y")]))
+    library = tvm.compile(tvm.IRModule({"main": func}), target=get_target("cpu").tvm_target()).jit()
+    rng = np.random.default_rng(0)
+    specials = [-np.inf, np.inf, np.nan, -100.0, 0.0, -1e-8, 80.0, -80.0]
+    values = np.concatenate([rng.standard_normal(n - len(specials)) * 20, specials]).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros(n, np.float32))
+    library["main"](tvm.runtime.tensor(values), out)
+    got, expected = out.numpy(), np.exp(values.astype(np.float64))
+    normal = np.isfinite(expected) & (expected > np.finfo(np.float32).tiny) & (expected < np.finfo(np.float32).max)
+    assert np.max(np.abs(got[normal] - expected[normal]) / expected[normal]) < 2e-7
+    assert got[-8] == 0.0 and got[-7] == np.inf and np.isnan(got[-6]) and got[-5] == 0.0 and got[-4] == 1.0
 
 
 def test_matmul_rule_with_a_symbolic_batch() -> None:
