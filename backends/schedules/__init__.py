@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
 from tvm.ir import IRModule
 from tvm.target import Target
 
@@ -109,7 +109,10 @@ def schedule_passes(target: Target | None = None, rules: list | None = None, fas
     (``weights.py``)."""
     if not pack_weights:
         return [ApplySchedules(rules, target, fast_math)]
-    return [*mark_passes(), ApplySchedules(rules, target, fast_math), *pack_passes()]
+    # SplitLayoutRewritePreproc: the weight packings the conv rules mark move out of their kernels
+    # into PrimFuncs of their own, which pack_passes lifts to load time with the rest
+    return [*mark_passes(), ApplySchedules(rules, target, fast_math), relax.transform.SplitLayoutRewritePreproc(),
+            *pack_passes()]
 
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:

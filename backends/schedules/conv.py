@@ -1,47 +1,66 @@
 """CPU schedule rules for 2-d convolutions in NCHW (``nn.conv`` after Relax legalization).
 
 ``Conv2d`` handles dense (groups=1) convolutions of any kernel size, stride and dilation as a
-matrix product: M = output pixels along a row, N = output channels, K = (in channels, kernel
-rows, kernel cols). The output channels are the vectorized axis, so every stride works the same
-(input values are broadcast, never gathered). Two layout changes inside the kernel make that
-possible:
+matrix product, in one of three orientations, tried in this order:
 
-* the weight is packed per call from OIHW into ``[O/nr, I, KH, KW, nr]`` (a parallel copy, one
-  pass over the weights), so a tile's nr channels are one contiguous vector load;
-* the conv result (an intermediate buffer of the fused function) is laid out ``[N, H, W, C]``,
-  so a register tile ``[mr pixels, nr channels]`` is contiguous and stays in registers.
+* pointwise (1x1, stride 1, unpadded) convs over planes of whole vectors, or of rows that
+  nearly fill one: vectorized along the flat pixels, weights broadcast in place, NCHW kept
+  (``conv_pixels.py``);
+* short reductions (C*KH*KW <= 64) with stride 1 (or 2 with 16 lanes) and rows a multiple of
+  the vector width:
+  tiles of (channels x row vectors), weights broadcast, no packing, NCHW kept;
+* everything else: M = output pixels along a row, N = output channels, K = (in channels,
+  kernel rows, kernel cols). The output channels are the vectorized axis, so every stride
+  works the same (input values are broadcast, never gathered). Two layout changes make that
+  possible: the weight is packed from OIHW into ``[O/nr, I, KH, KW, nr]``, so a tile's nr
+  channels are one contiguous vector load, and the conv result (an intermediate buffer of the
+  fused function) is laid out ``[N, H, W, C]``, so a register tile ``[mr pixels, nr channels]``
+  is contiguous and stays in registers.
+
+The packing is a block of its own marked ``meta_schedule.layout_rewrite_preproc``:
+``SplitLayoutRewritePreproc`` (in ``schedule_passes``) moves it out of the kernel and
+``LiftTransformParams`` runs it once at load time, so no call repacks weights (ResNet-18's 3x3
+convs on 7x7 planes: 1.5x). Where those passes do not run, the packing stays in the kernel and
+runs per call, as before.
 
 The fused epilogue (bias, residual add, ReLU/ReLU6 clip) runs on each tile right after its
-reduction and writes the NCHW output. Padding stays a separate, parallel copy. A batch > 1 is an
-outer loop.
-
-Short reductions (C*KH*KW <= 64, e.g. MobileNet's 16/24-channel pointwise convs) with stride 1
-and rows a multiple of the vector width take the other orientation: tiles of (channels x row
-vectors), weights broadcast, no packing, NCHW kept. There the transposed epilogue of the
-channel tiles cost more than the reduction itself.
+reduction and writes the NCHW output. Padding stays a separate, parallel copy; a ``pad_temp``
+that pads nothing (every 1x1 conv) is inlined instead of copying the input on every call. A
+batch > 1 is an outer loop.
 
 ``DepthwiseConv2d`` handles groups == channels: parallel over channels, the padded channel
-plane computed per channel (cache-resident); stride-1 rows that hold whole vectors are
-vectorized with the taps unrolled, anything else keeps LLVM's scalar loops.
+plane computed per channel (cache-resident); rows are vectorized with the taps unrolled, a
+whole narrow row per step (14- and 7-wide planes, stride-2 rows of at most one vector), whole
+vectors on wider stride-1 rows; wide stride-2 rows keep LLVM's scalar loops.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
 from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
 from .common import find_anchor, fitting_lanes, parallelize, static_extent, vector_lanes
+from .conv_pixels import PixelTile, reads_plane, schedule_pixels
+
+
+# TVM's marker for a block that only changes a weight's layout: ``SplitLayoutRewritePreproc`` moves
+# such a block into a PrimFunc of its own, which ``LiftTransformParams`` then runs once at load time
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 
 @dataclass(frozen=True)
 class ConvConfig:
     max_vectors: int = 4  # widest channel tile, in SIMD registers
-    registers: int = 12  # accumulator budget
+    # accumulator budget; None: 16 with 16-lane vectors (AVX-512 has 32 registers), else 12. Measured
+    # (AVX-512): 16 picks 7x2 tiles on 7- and 14-wide rows, 1.3-1.5x the 4x2 tiles (two ragged
+    # halves) that 12 allowed, and left the 56- and 28-wide 3x3 convs as fast or faster
+    registers: int | None = None
     mr: int | None = None  # pixels per tile (None: chosen per shape)
     nr_vectors: int | None = None  # channel vectors per tile (None: chosen per shape)
     # a pixel tile that does not divide the row: measured 6x2 tiles on 28-wide rows at half the
@@ -52,6 +71,11 @@ class ConvConfig:
     # for 16- and 24-channel pointwise convs, 0.8x for 64-channel 3x3 ones.
     row_vectors: bool = True
     row_max_reduction: int = 64
+    # pointwise convs over planes of whole vectors (or of 14-wide rows with 16 lanes): vectorize along
+    # the flat pixels (conv_pixels.py); measured 1.2-2.2x the channel tiles on MobileNetV2's 112x112,
+    # 56x56 and 28x28 layers, 1.2-1.5x on its 14x14 ones
+    pixel_vectors: bool = True
+    pixel_tile: PixelTile | None = None  # None: chosen per shape (conv_pixels.pixel_tile)
 
 
 def _uses(expr: tirx.Expr, var: tirx.Var) -> bool:
@@ -166,10 +190,31 @@ class Conv2d(CPUScheduleRule):
             return None
         sch = anchor.sch
         block = anchor.block.block_rv
+        producers = inline_copies(sch, anchor.producers)
         match = match_conv2d(sch, block, self.operands, self.accumulator)
         if match is None:
             return None
-        return schedule_conv2d(sch, block, match, anchor.producers, anchor.epilogue, target, self.config)
+        return schedule_conv2d(sch, block, match, producers, anchor.epilogue, target, self.config)
+
+
+def inline_copies(sch: s_tir.Schedule, producers: list) -> list:
+    """Inline producers that only copy (Relax's ``pad_temp`` of an unpadded conv); the rest stay.
+
+    Without padding, ``pad_temp`` is a full copy of the input on every call (1.8 MB for
+    MobileNetV2's 144x56x56 projections); inlined, the conv reads its input in place.
+    """
+    kept = []
+    for producer in producers:
+        body = sch.get(producer.block_rv).body
+        copies = isinstance(body, tirx.stmt.BufferStore) and isinstance(body.value, TensorLoad)
+        if copies:
+            try:
+                sch.compute_inline(producer.block_rv)
+                continue
+            except Exception:  # pylint: disable=broad-except  (not inlinable: keep the copy)
+                pass
+        kept.append(producer)
+    return kept
 
 
 def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: Target, config: ConvConfig):
@@ -185,13 +230,21 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     work = channels * height * width * (static_extent(sch, batch[0]) or 8 if batch else 1)
     for loop in reduction:
         work *= static_extent(sch, loop) or 1
+    if (config.pixel_vectors and not producers and len(reduction) == 1
+            and reads_plane(sch, block, match.data_index, match.row, match.col)):
+        scheduled = schedule_pixels(sch, block, batch, (f, y, x), reduction, epilogue, target, lanes, work,
+                                    config.pixel_tile)
+        if scheduled is not None:
+            return scheduled
     row_lanes = fitting_lanes(width, lanes)
     reduction_size = work // (channels * height * width * (static_extent(sch, batch[0]) or 8 if batch else 1))
     if (config.row_vectors and reduction_size <= config.row_max_reduction and width % row_lanes == 0
             and row_lanes >= min(lanes, 8)  # 4-lane rows measured 0.65x the channel tiles
-            and width >= 2 * row_lanes and _column_stride(sch, block, x, match.data_index) == 1):
+            and width >= 2 * row_lanes and _column_stride(sch, block, x, match.data_index) in row_strides(lanes)):
         return _schedule_conv2d_rows(sch, block, batch, (f, y, x), reduction, producers, epilogue, target,
                                      config, row_lanes, work)
+    if config.registers is None:
+        config = replace(config, registers=16 if lanes >= 16 else 12)
     lanes = fitting_lanes(channels, lanes)
     vectors, mr = _tile_shape(width, channels, lanes, config)
     if not vectors:
@@ -216,6 +269,7 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     sch.reorder(o_outer, *pack_loops[1:], o_inner)
     sch.vectorize(o_inner)  # strided loads, one contiguous vector store: measured 3x the other order
     parallelize(sch, o_outer, target, work)
+    sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
     for producer in producers:  # the padding copy
         pad_loops = sch.get_loops(producer.block_rv)
@@ -234,6 +288,9 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
         sch.vectorize(f1)
 
     sch.reverse_compute_at(epilogue_block, x0)
+    epilogue_loops = sch.get_loops(epilogue_block)[len(batch) + 3:]
+    if epilogue_loops and width % mr == 0:  # the tile's pixels of a row: 2-7% over scalar stores
+        sch.vectorize(epilogue_loops[-1])  # (a ragged last tile has no constant extent to vectorize)
     fused = sch.fuse(*batch, f0, y, x0)
     parallelize(sch, fused, target, work)
     init = sch.decompose_reduction(block, reduction[0])
@@ -242,18 +299,28 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     return sch
 
 
+def row_strides(lanes: int) -> tuple[int, ...]:
+    """The strides the row orientation takes. Stride 2 gathers its input rows; with 16 lanes that
+    paid on MobileNetV2's RGB stem (3 -> 32 channels, 3x3/2): 1.2x the channel tiles alone, 2x inside
+    the model, where the channel tiles' NHWC result (1.6 MB) and transposed epilogue miss the cache.
+    With AVX2 (8 lanes) the gathered rows ran at 0.5x."""
+    return (1, 2) if lanes >= 16 else (1,)
+
+
 def _schedule_conv2d_rows(sch, block, batch, spatial, reduction, producers, epilogue, target, config, lanes, work):
-    """Stride 1 and output rows a multiple of the vector width: vectorize along the output row.
+    """Stride 1 (or 2, ``row_strides``) and output rows a multiple of the vector width: vectorize
+    along the output row.
 
     Register tile: mr output channels x (v vectors of a row); the weights are broadcast scalars
-    (no packing), the input row is a contiguous (unaligned) vector load, the conv result keeps
+    (no packing), the input row is a contiguous (unaligned) vector load (strided with stride 2),
+    the conv result keeps
     its NCHW layout so the epilogue is vectorized along the row too.
     """
     f, y, x = spatial
     width, channels = static_extent(sch, x), static_extent(sch, f)
     widths = [v for v in range(1, 3) if (width // lanes) % v == 0]
     vectors = max(widths)
-    mr = min(channels, max(1, config.registers // vectors))
+    mr = min(channels, max(1, (config.registers or 12) // vectors))
     nr = vectors * lanes
     epilogue_block = epilogue.block_rv if epilogue is not None else sch.cache_write(block, 0, "global")
     for producer in producers:  # the padding copy
@@ -324,12 +391,20 @@ def _column_stride(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, x_loo
     return None
 
 
-def _row_vector(width: int, lanes: int) -> int | None:
+def _row_vector(width: int, lanes: int, stride: int | None) -> int | None:
     """How many output pixels of a row one vectorized step computes; None: leave rows scalar.
 
-    Only whole vectors of at least 8 lanes: 14- and 7-wide steps (``<14 x float>``) measured
-    slower than the scalar loops with the padded plane in cache.
+    Narrow rows are one step each, a whole row (``<14 x float>``, ``<7 x float>``, LLVM splits
+    the loads and stores). Measured with AVX-512: on MobileNetV2's 14x14 and 7x7 planes 2.4x the
+    scalar loops, on its 28-wide stride-1 rows 1.3x; with stride 2 (the input gathered) 1.4-3.5x
+    on 14- and 7-wide outputs, 0.5x on 56- and 28-wide ones. With AVX2 (8 lanes) 7-wide rows
+    gained 1.4x but 14-wide ones (two vectors) lost 0.7x: rows of two vectors only with 16 lanes.
+    Wider stride-1 rows take whole vectors of at least 8 lanes.
     """
+    if 4 <= width <= (2 * lanes if stride == 1 and lanes >= 16 else lanes):
+        return width
+    if stride != 1:
+        return None
     for candidate in (2 * lanes, lanes, lanes // 2):
         if candidate >= 8 and width % candidate == 0:
             return candidate
@@ -337,7 +412,7 @@ def _row_vector(width: int, lanes: int) -> int | None:
 
 
 class DepthwiseConv2d(CPUScheduleRule):
-    """Depthwise NCHW conv2d: parallel over channels, rows vectorized (stride 1, whole vectors), taps unrolled."""
+    """Depthwise NCHW conv2d: parallel over channels, rows vectorized (``_row_vector``), taps unrolled."""
 
     def __init__(self, row_step: int | None = None) -> None:
         self.row_step = row_step
@@ -360,13 +435,14 @@ class DepthwiseConv2d(CPUScheduleRule):
         if width is None or static_extent(sch, f) is None:
             return None
         epilogue = anchor.epilogue.block_rv if anchor.epilogue is not None else sch.cache_write(block, 0, "global")
-        step = self.row_step or _row_vector(width, vector_lanes(target))
-        vectorized = step is not None and _column_stride(sch, block, x) == 1
+        stride = _column_stride(sch, block, x)
+        step = self.row_step or _row_vector(width, vector_lanes(target), stride)
+        vectorized = step is not None
         if vectorized:
             for tap in taps:
                 if (static_extent(sch, tap) or 0) <= 7:
                     sch.unroll(tap)
-            # contiguous input rows: vectorize along the output row, taps outside the vector
+            # vectorize along the output row (a gather of the input with stride 2), taps outside the vector
             x0, x1 = sch.split(x, [None, step])
             sch.reorder(f, y, x0, *taps, x1)
             sch.vectorize(x1)
@@ -375,7 +451,7 @@ class DepthwiseConv2d(CPUScheduleRule):
             if epilogue_loops:
                 sch.vectorize(epilogue_loops[-1])
         else:
-            # strided (a vector would gather) or ragged rows: scalar loops as they are (LLVM does
+            # wide strided rows or rows of no whole vectors: scalar loops as they are (LLVM does
             # better with them than with unrolled taps), the epilogue per channel
             sch.reverse_compute_at(epilogue, f)
         for producer in anchor.producers:  # the padded plane of one channel, right before its use
