@@ -98,8 +98,10 @@ def lower_requantize(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> r
 @lowers("quant.dynamic_quantize")
 def lower_dynamic_quantize(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> list[relax.Expr]:
     def scale_of(x: te.Tensor) -> te.Tensor:
-        axes = [te.reduce_axis((0, dim), name=f"r{position}") for position, dim in enumerate(x.shape)]
-        peak = te.compute((), lambda: te.max(tirx.abs(x[tuple(axes)]), axis=axes), name="peak")
+        peak = _peak_in_lanes(x)
+        if peak is None:
+            axes = [te.reduce_axis((0, dim), name=f"r{position}") for position, dim in enumerate(x.shape)]
+            peak = te.compute((), lambda: te.max(tirx.abs(x[tuple(axes)]), axis=axes), name="peak")
         zero = tirx.const(0.0, "float32")
         return te.compute((), lambda: tirx.if_then_else(peak[()] > zero, peak[()] / tirx.const(127.0, "float32"),
                                                         tirx.const(1.0, "float32")), name="scale")
@@ -114,6 +116,37 @@ def lower_dynamic_quantize(ctx: LowerContext, node: Node, args: list[relax.Expr]
 
     scale = ctx.emit_te(scale_of, args[0], name="dynamic_scale")
     return [ctx.emit_te(quantize, args[0], scale, name="dynamic_quantize"), scale]
+
+
+PEAK_LANES = 16
+
+
+def _peak_in_lanes(x: te.Tensor) -> te.Tensor | None:
+    """max |x| as 16 partial maxima over the flat tensor (``peak_lanes[j] = max_i |x[16 i + j]|``,
+    one vector per step once scheduled: ``schedules/quant.py:DynamicScale``), then the max of
+    those 16; None unless the size is static and a multiple of 16. A max is exact in any order,
+    so the scale is the reference's bit for bit."""
+    dims = [int(dim) if isinstance(dim, (int, tirx.IntImm)) else None for dim in x.shape]
+    if any(dim is None for dim in dims):
+        return None
+    size = 1
+    for dim in dims:
+        size *= dim
+    if size % PEAK_LANES or size < 4 * PEAK_LANES:
+        return None
+
+    def unflatten(position):
+        index = []
+        for dim in reversed(dims):
+            index.append(position % dim)
+            position = position // dim
+        return tuple(reversed(index))
+
+    step = te.reduce_axis((0, size // PEAK_LANES), name="step")
+    lanes = te.compute((PEAK_LANES,), lambda lane: te.max(tirx.abs(x[unflatten(step * PEAK_LANES + lane)]), axis=step),
+                       name="peak_lanes")
+    lane = te.reduce_axis((0, PEAK_LANES), name="lane")
+    return te.compute((), lambda: te.max(lanes[lane], axis=lane), name="peak")
 
 
 # ---- integer products ------------------------------------------------------------------------------------

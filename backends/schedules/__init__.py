@@ -40,7 +40,8 @@ from .attention import Attention
 from .conv import Conv2d, ConvConfig, DepthwiseConv2d
 from .fast_math import rewrite_fast_math
 from .matmul import Matmul, MatmulConfig
-from .quant import IntegerConv2d, IntegerMatmul, WeightOnlyMatmul
+from .quant import DynamicScale, IntegerConv2d, IntegerDepthwiseConv2d, IntegerMatmul, WeightOnlyMatmul
+from .vnni import VnniConv2d, VnniDense
 from .transpose import Transpose
 from .weights import mark_passes, pack_passes, with_packed_args
 
@@ -51,8 +52,8 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
-    return [Matmul(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), IntegerConv2d(), DepthwiseConv2d(), Attention(),
-            Transpose()]
+    return [Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
+            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None) -> tuple[tirx.PrimFunc, str] | None:

@@ -42,6 +42,20 @@ X86_LEVELS: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
+# Extensions beyond a psABI level that optc's kernels use, as (/proc/cpuinfo flag, LLVM feature,
+# the level it needs). The int8 schedules tensorize on VNNI dot products (``vpdpbusd``), which no
+# level includes; the rest are named so that the target description says what the CPU has.
+X86_EXTENSIONS: tuple[tuple[str, str, str], ...] = (
+    ("avx512_vnni", "+avx512vnni", "x86-64-v4"),
+    ("avx512vbmi", "+avx512vbmi", "x86-64-v4"),
+    ("avx512_bf16", "+avx512bf16", "x86-64-v4"),
+    ("avx_vnni", "+avxvnni", "x86-64-v3"),
+    ("amx_tile", "+amx-tile", "x86-64-v4"),
+    ("amx_int8", "+amx-int8", "x86-64-v4"),
+    ("amx_bf16", "+amx-bf16", "x86-64-v4"),
+)
+
+
 def _cpuinfo_flags() -> frozenset[str] | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -75,6 +89,22 @@ def detect_host_mcpu() -> str | None:
     return None
 
 
+def detect_host_mattr(mcpu: str | None) -> tuple[str, ...]:
+    """The LLVM features (``+avx512vnni``, ...) this x86-64 host has on top of the level ``mcpu``.
+
+    Only for the psABI levels: a feature is added when the kernel reports it and ``mcpu`` is at
+    least the level it builds on (no AVX-512 VNNI in an ``x86-64-v3`` build). Other CPUs: none.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or mcpu is None:
+        return ()
+    levels = [level for level, _ in X86_LEVELS]
+    if mcpu not in levels:
+        return ()
+    flags = _cpuinfo_flags() or frozenset()
+    return tuple(feature for flag, feature, needs in X86_EXTENSIONS
+                 if flag in flags and levels.index(mcpu) <= levels.index(needs))
+
+
 def host_core_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -87,7 +117,9 @@ def host_core_count() -> int:
 class CpuTarget:
     """LLVM code for the host CPU, run by the Relax VM from a shared library (``model.so``).
 
-    ``mcpu`` and ``num_cores`` default to what this machine has (see ``detect_host_mcpu``).
+    ``mcpu`` and ``num_cores`` default to what this machine has (see ``detect_host_mcpu``);
+    ``mattr`` (LLVM features such as ``("+avx512vnni",)``) defaults to the extensions this host
+    has beyond the level ``mcpu`` (``detect_host_mattr``); ``mattr=()`` builds for the bare level.
     ``schedules`` applies optc's default schedules to the fused kernels (``schedule_passes``);
     ``get_target("cpu", schedules=False)`` builds the naive kernels TVM gives without them.
     ``fast_math`` (with schedules) replaces float32 erf/tanh by vectorizable approximations
@@ -98,6 +130,7 @@ class CpuTarget:
     """
 
     mcpu: str | None = field(default_factory=detect_host_mcpu)
+    mattr: tuple[str, ...] | None = None  # None: detect_host_mattr(mcpu)
     num_cores: int = field(default_factory=host_core_count)
     library_name: str = "model.so"
     schedules: bool = True
@@ -116,10 +149,21 @@ class CpuTarget:
                     f"'{detect_host_mcpu() or 'generic'}' (mcpu='native' is not accepted by TVM)"
                 )
             config["mcpu"] = self.mcpu
+        if self.features:
+            config["mattr"] = list(self.features)
         try:
             return tvm.target.Target(config)
         except Exception as error:  # TVM rejects unknown CPUs with a TVMError/ValueError
             raise LoweringError(f"TVM rejects the CPU target {config}: {error}") from error
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The LLVM ``mattr`` the build uses: ``mattr`` as given, else what the host adds to ``mcpu``."""
+        if self.mattr is None:
+            return detect_host_mattr(self.mcpu)
+        if isinstance(self.mattr, str):  # "+avx512vnni,+avxvnni", as the arm target takes it
+            return tuple(part.strip() for part in self.mattr.split(",") if part.strip())
+        return tuple(self.mattr)
 
     def relax_passes(self) -> list[tvm.transform.Pass]:
         return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero"), *self.tuning_passes(),
@@ -175,6 +219,7 @@ class CpuTarget:
             "name": self.name,
             "tvm_target": str(self.tvm_target()),
             "mcpu": self.mcpu,
+            "mattr": list(self.features),
             "num_cores": self.num_cores,
             "schedules": self.schedules,
             "fast_math": self.fast_math,

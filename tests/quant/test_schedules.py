@@ -13,7 +13,7 @@ from optc.ir.ops.quant import pack_int4
 
 
 def scheduled_rules(graph: Graph) -> set[str]:
-    target = get_target("cpu")
+    target = get_target("cpu", mattr=())  # without VNNI features: the VNNI rules (test_vnni.py) would win
     module = lower_graph(graph)
     applier = ApplySchedules()
     with target.tvm_target():
