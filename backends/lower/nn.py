@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from tvm import relax, te, tirx, topi
+from tvm import relax, te, tirx
 from tvm.relax import op as R
 
 from ...ir.graph import Node
 from ...ir.ops.nn import ACTIVATIONS
 from ...ir.ops.registry import get as get_op
 from ...ir.ops.registry import normalize_axis
+from .attention import attention_te
 from .context import LowerContext, per_axis
 from .table import LOWERINGS, lowers
 
@@ -206,47 +207,5 @@ def lower_attention(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> re
     """The whole attention block as one TE computation, so it becomes one kernel (one PrimFunc)."""
     depth = ctx.shape_of(args[0])[-1]
     scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / float(np.sqrt(int(depth)))
-    return ctx.emit_te(_attention_te, *args, scale=scale, causal=node.attrs["causal"], name="attention")
+    return ctx.emit_te(attention_te, *args, scale=scale, causal=node.attrs["causal"], name="attention")
 
-
-def _attention_te(query: te.Tensor, key: te.Tensor, value: te.Tensor, mask: te.Tensor | None = None, *,
-                  scale: float, causal: bool) -> te.Tensor:
-    """softmax(query @ key^T * scale [causal] [mask]) @ value; a fully masked query gets zeros."""
-    dtype = query.dtype
-    *batch, queries, depth = query.shape
-    keys, value_depth = key.shape[-2], value.shape[-1]
-    lowest = tirx.const(float("-inf"), dtype)
-    inner = te.reduce_axis((0, depth), name="d")
-
-    def score(*index):
-        *b, i, j = index
-        return te.sum(query[(*b, i, inner)] * key[(*b, j, inner)] * tirx.const(scale, dtype), axis=inner)
-
-    scores = te.compute((*batch, queries, keys), score, name="scores")
-
-    def masked(*index):
-        *b, i, j = index
-        result = scores[index]
-        if causal:
-            result = tirx.if_then_else(j > i, lowest, result)
-        if mask is not None:
-            offset = len(index) - len(mask.shape)
-            mask_index = tuple(0 if int(mask.shape[axis]) == 1 else index[axis + offset] for axis in range(len(mask.shape)))
-            entry = mask[mask_index]
-            result = tirx.if_then_else(entry, result, lowest) if mask.dtype == "bool" else result + entry
-        return result
-
-    if causal or mask is not None:
-        scores = te.compute(scores.shape, masked, name="masked_scores")
-    weights = topi.nn.softmax(scores, axis=-1)
-    if causal or mask is not None:
-        # softmax of a row of only -inf is NaN; such a query attends to nothing (torch SDPA: zeros)
-        weights = te.compute(weights.shape, lambda *index: tirx.if_then_else(
-            tirx.isnan(weights[index]), tirx.const(0, dtype), weights[index]), name="guarded_weights")
-    reduce_keys = te.reduce_axis((0, keys), name="k")
-
-    def attend(*index):
-        *b, i, c = index
-        return te.sum(weights[(*b, i, reduce_keys)] * value[(*b, reduce_keys, c)], axis=reduce_keys)
-
-    return te.compute((*batch, queries, value_depth), attend, name="attention")

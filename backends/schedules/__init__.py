@@ -6,16 +6,20 @@ transformations in the style of dlight (``ScheduleRule.apply(func, target, tunab
 
 * ``Matmul`` (matmul.py): ``nn.linear`` / ``linalg.matmul`` kernels, register-blocked,
   vectorized over N, parallel over tiles, with the bias/activation epilogue fused into the tile;
-* ``Conv2d`` (conv.py): dense NCHW conv2d as a matrix product vectorized over output channels,
-  weights packed per call, epilogue fused;
-* ``DepthwiseConv2d`` (conv.py): per-channel planes, parallel over channels;
+  a weight operand is read as K x nr panels packed once at load time (weights.py);
+* ``Conv2d`` (conv.py, conv_pixels.py): 1x1 convs as tiles of channels x flat pixel vectors
+  (weights read in place), others as channel tiles with weights packed at load time; epilogue
+  fused; ``DepthwiseConv2d`` (conv.py): per-channel planes, rows vectorized;
+* ``VnniDense`` / ``VnniConv2d`` (vnni.py, vnni_kernels.py): int8 products on AVX-512 VNNI
+  (``vpdpbusd``) where the target has it; ``IntegerMatmul`` / ``IntegerConv2d`` /
+  ``IntegerDepthwiseConv2d`` / ``WeightOnlyMatmul`` / ``DynamicScale`` (quant.py) otherwise;
 * ``Attention`` (attention.py): optc's one-kernel ``nn.attention``, per block of query rows:
-  scores, softmax and weighted sum while the rows are in cache, both products register-blocked;
-* ``Transpose`` (transpose.py): big standalone transposes (GPT-2's tied LM head weight) in
-  8x8 blocks, parallel.
+  scores, a lane-split softmax (vector partial maxima and sums) and the weighted sum while the
+  rows are in cache, both products register-blocked;
+* ``Transpose`` (transpose.py): big standalone transposes in 8x8 blocks, parallel.
 
-With ``fast_math`` (fast_math.py), float32 ``erf``/``tanh`` calls (GELU) become vectorizable
-rational approximations (max abs error ~3e-7) instead of scalar libm calls.
+With ``fast_math`` (fast_math.py), float32 ``erf``/``tanh``/``exp`` calls (GELU, softmax)
+become vectorizable approximations (relative error ~1e-7) instead of scalar libm calls.
 
 ``schedule_passes(target)`` is the Relax-level stage the CPU target runs between ``zero`` and
 ``tvm.compile``. A rule that does not match leaves the function alone; a rule that raises is

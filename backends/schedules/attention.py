@@ -24,15 +24,21 @@ CORE_BLOCKS = ("scores", "T_softmax_maxelem", "T_softmax_exp", "T_softmax_expsum
 OPTIONAL_BLOCKS = ("masked_scores", "guarded_weights")
 
 
-def _blocks(sch: s_tir.Schedule) -> dict[str, s_tir.schedule.SBlockRV] | None:
+# the lane-split softmax of a static key count (backends/lower/attention.py)
+PADDED_BLOCKS = ("keys_t", "scores", "row_max_part", "row_max", "row_exp", "row_sum_part", "row_sum", "weights",
+                 "attention")
+
+
+def _blocks(sch: s_tir.Schedule, core: tuple[str, ...] = CORE_BLOCKS,
+            optional: tuple[str, ...] = OPTIONAL_BLOCKS) -> dict[str, s_tir.schedule.SBlockRV] | None:
     root = sch.get_sblock("root")
     found = {}
     for block in sch.get_child_blocks(root):
         name = sch.get(block).name_hint
-        if name not in CORE_BLOCKS + OPTIONAL_BLOCKS:
+        if name not in core + optional:
             return None
         found[name] = block
-    if any(name not in found for name in CORE_BLOCKS):
+    if any(name not in found for name in core):
         return None
     return found
 
@@ -48,6 +54,9 @@ class Attention(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
+        padded = _blocks(sch, PADDED_BLOCKS, ("masked_scores",))
+        if padded is not None:
+            return self._schedule_padded(sch, padded, target)
         blocks = _blocks(sch)
         if blocks is None:
             return None
@@ -92,6 +101,77 @@ class Attention(CPUScheduleRule):
         sch.vectorize(sch.get_loops(init)[-1])
         if scores_reduction is not None:
             init = sch.decompose_reduction(*scores_reduction)
+            sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+
+    def _schedule_padded(self, sch: s_tir.Schedule, blocks: dict, target: Target) -> s_tir.Schedule | None:
+        """The lane-split softmax: everything per block of ``mr`` query rows, in parallel over
+        (batch x heads x row blocks), every loop over the (padded) keys vectorized.
+
+        scores (register tiles of rows x key vectors over the depth), the masking inlined, the
+        partial maxima and sums as ``KEY_LANES``-wide vectors accumulated over key chunks, exp and
+        normalization vectorized, then the weighted sum as row x column register tiles."""
+        if str(sch.get(blocks["attention"]).writes[0].source.dtype) != "float32":
+            return None
+        lanes = vector_lanes(target)
+        if "masked_scores" in blocks:
+            sch.compute_inline(blocks["masked_scores"])
+        out = blocks["attention"]
+        *batch, rows, cols, keys = sch.get_loops(out)
+        extents = [static_extent(sch, loop) for loop in (rows, cols, keys)]
+        if any(extent is None for extent in extents):
+            return None
+        n_rows, n_cols, n_keys = extents
+        lanes_pv = fitting_lanes(n_cols, lanes)
+        vectors, mr = _tile_shape(n_rows, n_cols, lanes_pv, self.config)
+        nr = min(vectors * lanes_pv, n_cols)
+        head = sch.fuse(*batch) if len(batch) > 1 else (batch[0] if batch else None)
+        heads = static_extent(sch, head) if head is not None else 1
+        r0, r1 = sch.split(rows, [None, mr])
+        c0, c1 = sch.split(cols, [None, nr])
+        sch.reorder(r0, c0, keys, r1, c1)
+        sch.unroll(r1)
+        _vectorize_tile(sch, c1, nr, lanes_pv)
+        for name in ("weights", "row_sum", "row_sum_part", "row_exp", "row_max", "row_max_part", "scores"):
+            sch.compute_at(blocks[name], r0)
+
+        # scores: [rows x 2 key vectors] register tiles, the depth innermost but one
+        own = _loops_below(sch, blocks["scores"], r0)
+        i1, j, d = own if len(own) == 3 else (None, *own)
+        step = 2 * lanes if n_keys % (2 * lanes) == 0 and n_keys >= 4 * lanes else lanes
+        if n_keys % step:
+            step = fitting_lanes(n_keys, lanes)
+        j0, j1 = sch.split(j, [None, step])
+        if i1 is not None:
+            sch.reorder(j0, d, i1, j1)
+            sch.unroll(i1)
+        else:
+            sch.reorder(j0, d, j1)
+        _vectorize_tile(sch, j1, step, lanes)
+        # partial maxima / sums: the lanes innermost (a vector), the key chunks around them
+        chunks = {}
+        for name in ("row_max_part", "row_sum_part"):
+            own = _loops_below(sch, blocks[name], r0)
+            lane, chunks[name] = own[-2], own[-1]
+            sch.reorder(chunks[name], lane)
+            sch.vectorize(lane)
+        for name in ("row_exp", "weights"):
+            _, vector = sch.split(_loops_below(sch, blocks[name], r0)[-1], [None, fitting_lanes(n_keys, lanes)])
+            sch.vectorize(vector)
+        # the transposed keys: once per call, parallel over (batch x heads)
+        keys_t = sch.get_loops(blocks["keys_t"])
+        if len(keys_t) > 2:
+            parallelize(sch, sch.fuse(*keys_t[:-2]) if len(keys_t) > 3 else keys_t[0], target,
+                        2 * (heads or 1) * n_rows * n_keys * n_cols)
+
+        outer = [loop for loop in (head, r0) if loop is not None]
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        parallelize(sch, fused, target, 2 * (heads or 1) * n_rows * n_keys * n_cols)
+        for block, loop in ((out, keys), (blocks["scores"], d)):
+            init = sch.decompose_reduction(block, loop)
+            sch.vectorize(sch.get_loops(init)[-1])
+        for name, chunk in chunks.items():
+            init = sch.decompose_reduction(blocks[name], chunk)
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
 

@@ -183,10 +183,28 @@ def test_conv_with_channels_off_the_vector_width_is_left_alone() -> None:
 # ---- attention ----------------------------------------------------------------------------------
 
 
+def test_attention_softmax_reductions_are_vectorized_by_lane() -> None:
+    """The row max and sum accumulate KEY_LANES-wide vectors over key chunks (not one serial chain)."""
+    graph = Graph("attention")
+    shape = TensorType((1, 3, 197, 64), "float32")
+    q, k, v = (graph.add_input(name, shape) for name in "qkv")
+    graph.outputs = [graph.op("nn.attention", q, k, v)]
+    target = get_target("cpu")
+    schedules = ApplySchedules()
+    with target.tvm_target():
+        module = tvm.transform.Sequential([*target.relax_passes()[:2], schedules])(lower_graph(graph))
+    assert schedules.applied == {"attention": "Attention"}
+    lines = module["attention"].script().splitlines()
+    for block in ("row_max_part_update", "row_sum_part_update", "row_exp", "weights"):
+        line = next(index for index, text in enumerate(lines) if f'T.sblock("{block}")' in text)
+        assert "T.vectorized" in lines[line - 1], (block, lines[line - 1])
+
+
 @pytest.mark.parametrize(
     ("batch", "heads", "tokens", "depth", "causal", "mask"),
     [
-        (1, 3, 37, 16, False, None),  # 37 keys: vector part + ragged tail partition
+        (1, 3, 37, 16, False, None),  # 37 keys: padded to 48, the padding scores -inf
+        (1, 2, 16, 8, True, None),  # one 16-key block: the lane split falls back to 8 lanes x 2 chunks
         (2, 2, 24, 8, True, "float"),
         (2, 2, 19, 8, False, "bool"),  # a fully masked batch: its rows must come out as zeros
     ],
