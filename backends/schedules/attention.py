@@ -69,23 +69,10 @@ class Attention(CPUScheduleRule):
             sch.reverse_compute_inline(blocks["guarded_weights"])
 
         out = blocks["attention"]
-        *batch, rows, cols, keys = sch.get_loops(out)
-        extents = [static_extent(sch, loop) for loop in (rows, cols, keys)]
-        if any(extent is None for extent in extents):
+        tiled = self._tile_weighted_sum(sch, out, lanes)
+        if tiled is None:
             return None
-        n_rows, n_cols, n_keys = extents
-        vectors, mr = _tile_shape(n_rows, n_cols, fitting_lanes(n_cols, lanes), self.config)
-        lanes_pv = fitting_lanes(n_cols, lanes)
-        nr = min(vectors * lanes_pv, n_cols)
-
-        # the weighted sum: [mr rows x nr cols] register tiles over the keys
-        head = sch.fuse(*batch) if len(batch) > 1 else (batch[0] if batch else None)
-        heads = static_extent(sch, head) if head is not None else 1
-        r0, r1 = sch.split(rows, [None, mr])
-        c0, c1 = sch.split(cols, [None, nr])
-        sch.reorder(r0, c0, keys, r1, c1)
-        sch.unroll(r1)
-        _vectorize_tile(sch, c1, nr, lanes_pv)
+        head, heads, r0, keys, (n_rows, n_cols, n_keys) = tiled
 
         # the row block's scores and softmax, right before its weighted sum
         for name in ("T_softmax_norm", "T_softmax_expsum", "T_softmax_exp", "T_softmax_maxelem", "scores"):
@@ -104,6 +91,27 @@ class Attention(CPUScheduleRule):
             sch.vectorize(sch.get_loops(init)[-1])
         return sch
 
+    def _tile_weighted_sum(self, sch: s_tir.Schedule, out: s_tir.schedule.SBlockRV, lanes: int):
+        """The weighted sum as [mr rows x nr cols] register tiles over the keys, the (batch x
+        heads) loops fused; returns (head loop, heads, row block loop, keys loop, (rows, cols,
+        keys)), or None for a symbolic extent."""
+        *batch, rows, cols, keys = sch.get_loops(out)
+        extents = [static_extent(sch, loop) for loop in (rows, cols, keys)]
+        if any(extent is None for extent in extents):
+            return None
+        n_rows, n_cols, _ = extents
+        lanes_pv = fitting_lanes(n_cols, lanes)
+        vectors, mr = _tile_shape(n_rows, n_cols, lanes_pv, self.config)
+        nr = min(vectors * lanes_pv, n_cols)
+        head = sch.fuse(*batch) if len(batch) > 1 else (batch[0] if batch else None)
+        heads = static_extent(sch, head) if head is not None else 1
+        r0, r1 = sch.split(rows, [None, mr])
+        c0, c1 = sch.split(cols, [None, nr])
+        sch.reorder(r0, c0, keys, r1, c1)
+        sch.unroll(r1)
+        _vectorize_tile(sch, c1, nr, lanes_pv)
+        return head, heads, r0, keys, tuple(extents)
+
     def _schedule_padded(self, sch: s_tir.Schedule, blocks: dict, target: Target) -> s_tir.Schedule | None:
         """The lane-split softmax: everything per block of ``mr`` query rows, in parallel over
         (batch x heads x row blocks), every loop over the (padded) keys vectorized.
@@ -117,21 +125,10 @@ class Attention(CPUScheduleRule):
         if "masked_scores" in blocks:
             sch.compute_inline(blocks["masked_scores"])
         out = blocks["attention"]
-        *batch, rows, cols, keys = sch.get_loops(out)
-        extents = [static_extent(sch, loop) for loop in (rows, cols, keys)]
-        if any(extent is None for extent in extents):
+        tiled = self._tile_weighted_sum(sch, out, lanes)
+        if tiled is None:
             return None
-        n_rows, n_cols, n_keys = extents
-        lanes_pv = fitting_lanes(n_cols, lanes)
-        vectors, mr = _tile_shape(n_rows, n_cols, lanes_pv, self.config)
-        nr = min(vectors * lanes_pv, n_cols)
-        head = sch.fuse(*batch) if len(batch) > 1 else (batch[0] if batch else None)
-        heads = static_extent(sch, head) if head is not None else 1
-        r0, r1 = sch.split(rows, [None, mr])
-        c0, c1 = sch.split(cols, [None, nr])
-        sch.reorder(r0, c0, keys, r1, c1)
-        sch.unroll(r1)
-        _vectorize_tile(sch, c1, nr, lanes_pv)
+        head, heads, r0, keys, (n_rows, n_cols, n_keys) = tiled
         for name in ("weights", "row_sum", "row_sum_part", "row_exp", "row_max", "row_max_part", "scores"):
             sch.compute_at(blocks[name], r0)
 

@@ -348,8 +348,10 @@ def _schedule_conv2d_rows(sch, block, batch, spatial, reduction, producers, epil
     return sch
 
 
-def match_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
-    """``out[0, f, y, x] += data[0, f, y*s + ry, x*s + rx] * weight[f, 0, ry, rx]`` (float32)."""
+def match_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV,
+                    operands: frozenset[str] = frozenset({"float32"}), accumulator: str = "float32") -> bool:
+    """``out[0, f, y, x] += data[0, f, y*s + ry, x*s + rx] * weight[f, 0, ry, rx]``, operands of a
+    dtype in ``operands`` accumulated in ``accumulator`` (float32; int8/uint8 into int32 in quant.py)."""
     block = sch.get(block_rv)
     iters = list(block.iter_vars)
     if len(iters) < 4 or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters[:3]):
@@ -361,13 +363,13 @@ def match_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> b
         return False
     out = block.writes[0]
     out_index = [r.min for r in out.region]
-    if str(out.source.dtype) != "float32" or len(out_index) != 4:
+    if str(out.source.dtype) != accumulator or len(out_index) != 4:
         return False
     if not (isinstance(out_index[0], tirx.IntImm) and out_index[1].same_as(f)
             and out_index[2].same_as(y) and out_index[3].same_as(x)):
         return False
     inputs = [region for region in block.reads if not region.source.same_as(out.source)]
-    if len(inputs) != 2 or any(str(r.source.dtype) != "float32" or len(r.region) != 4 for r in inputs):
+    if len(inputs) != 2 or any(str(r.source.dtype) not in operands or len(r.region) != 4 for r in inputs):
         return False
     data = [r for r in inputs if r.region[1].min.same_as(f) and _uses(r.region[2].min, y) and _uses(r.region[3].min, x)]
     weight = [r for r in inputs if r.region[0].min.same_as(f) and not any(_uses(e.min, y) or _uses(e.min, x) for e in r.region)]
@@ -417,6 +419,10 @@ class DepthwiseConv2d(CPUScheduleRule):
     def __init__(self, row_step: int | None = None) -> None:
         self.row_step = row_step
 
+    def matches(self, sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+        """Whether ``block`` is a depthwise conv this rule takes (float32; quant.py: int8)."""
+        return match_depthwise(sch, block)
+
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
@@ -425,7 +431,7 @@ class DepthwiseConv2d(CPUScheduleRule):
             return None
         sch = anchor.sch
         block = anchor.block.block_rv
-        if not match_depthwise(sch, block):
+        if not self.matches(sch, block):
             return None
         loops = sch.get_loops(block)
         if len(loops) != len(sch.get(block).iter_vars):

@@ -18,8 +18,8 @@ from tvm.target import Target
 
 from ..lower.quant import PEAK_LANES
 
-from .common import find_anchor, parallelize, static_extent, vector_lanes
-from .conv import Conv2d, DepthwiseConv2d, _column_stride, _row_vector, _uses
+from .common import find_anchor, static_extent
+from .conv import Conv2d, DepthwiseConv2d, match_depthwise
 from .matmul import Matmul, MatmulConfig, schedule_dense
 
 INTEGER_OPERANDS = frozenset({"int8", "uint8"})
@@ -62,84 +62,12 @@ class IntegerConv2d(Conv2d):
     accumulator = "int32"
 
 
-def match_integer_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
-    """``out[0, f, y, x] += data[0, f, y*s + ry, x*s + rx] * weight[f, 0, ry, rx]``: int8/uint8 operands,
-    int32 accumulator (``conv.match_depthwise`` takes float32 only)."""
-    block = sch.get(block_rv)
-    iters = list(block.iter_vars)
-    if len(iters) < 4 or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters[:3]):
-        return False
-    if any(iv.iter_type != tirx.IterVar.CommReduce for iv in iters[3:]):
-        return False
-    f, y, x = (iv.var for iv in iters[:3])
-    if len(block.writes) != 1:
-        return False
-    out = block.writes[0]
-    out_index = [r.min for r in out.region]
-    if str(out.source.dtype) != "int32" or len(out_index) != 4:
-        return False
-    if not (isinstance(out_index[0], tirx.IntImm) and out_index[1].same_as(f)
-            and out_index[2].same_as(y) and out_index[3].same_as(x)):
-        return False
-    inputs = [region for region in block.reads if not region.source.same_as(out.source)]
-    if len(inputs) != 2 or any(str(r.source.dtype) not in INTEGER_OPERANDS or len(r.region) != 4 for r in inputs):
-        return False
-    data = [r for r in inputs if r.region[1].min.same_as(f) and _uses(r.region[2].min, y) and _uses(r.region[3].min, x)]
-    weight = [r for r in inputs if r.region[0].min.same_as(f) and not any(_uses(e.min, y) or _uses(e.min, x) for e in r.region)]
-    return len(data) == 1 and len(weight) == 1 and data[0] is not weight[0]
-
-
 class IntegerDepthwiseConv2d(DepthwiseConv2d):
     """The float depthwise schedule (parallel over channels, rows vectorized, taps unrolled) on
-    int8 depthwise convolutions, whose products vpdpbusd cannot take (one input channel per output).
+    int8 depthwise convolutions, whose products vpdpbusd cannot take (one input channel per output)."""
 
-    The body is ``DepthwiseConv2d.apply`` with the integer matcher.
-    """
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or len(anchor.producers) > 1:
-            return None
-        sch = anchor.sch
-        block = anchor.block.block_rv
-        if not match_integer_depthwise(sch, block):
-            return None
-        loops = sch.get_loops(block)
-        if len(loops) != len(sch.get(block).iter_vars):
-            return None
-        f, y, x, *taps = loops
-        width = static_extent(sch, x)
-        if width is None or static_extent(sch, f) is None:
-            return None
-        epilogue = anchor.epilogue.block_rv if anchor.epilogue is not None else sch.cache_write(block, 0, "global")
-        stride = _column_stride(sch, block, x)
-        step = self.row_step or _row_vector(width, vector_lanes(target), stride)
-        if step is not None:
-            for tap in taps:
-                if (static_extent(sch, tap) or 0) <= 7:
-                    sch.unroll(tap)
-            x0, x1 = sch.split(x, [None, step])
-            sch.reorder(f, y, x0, *taps, x1)
-            sch.vectorize(x1)
-            sch.reverse_compute_at(epilogue, x0)
-            epilogue_loops = sch.get_loops(epilogue)[3:]
-            if epilogue_loops:
-                sch.vectorize(epilogue_loops[-1])
-        else:
-            sch.reverse_compute_at(epilogue, f)
-        for producer in anchor.producers:  # the padded plane of one channel, right before its use
-            sch.compute_at(producer.block_rv, f)
-        work = 1
-        for loop in sch.get_loops(block):
-            work *= static_extent(sch, loop) or 1
-        parallelize(sch, f, target, work)
-        if step is not None:
-            init = sch.decompose_reduction(block, taps[0])
-            sch.vectorize(sch.get_loops(init)[-1])
-        return sch
-
+    def matches(self, sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+        return match_depthwise(sch, block, INTEGER_OPERANDS, "int32")
 
 
 class DynamicScale(CPUScheduleRule):

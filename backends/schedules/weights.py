@@ -55,16 +55,18 @@ def _weight_vars(func: relax.Function) -> set[relax.Var]:
     """Vars of ``func`` that hold weights or values computed from weights and constants only."""
     inputs = int(func.attrs["num_input"])
     weights: set[relax.Var] = set(func.params[inputs:])
-    body = func.body
-    blocks = body.blocks if isinstance(body, relax.SeqExpr) else []
-    for block in blocks:
-        for binding in block.bindings:
-            if not isinstance(binding, relax.VarBinding):
-                continue
-            used = relax.analysis.free_vars(binding.value)
-            if all(var in weights for var in used) and not _calls_impure(binding.value):
-                weights.add(binding.var)
+    for binding in _bindings(func):
+        used = relax.analysis.free_vars(binding.value)
+        if all(var in weights for var in used) and not _calls_impure(binding.value):
+            weights.add(binding.var)
     return weights
+
+
+def _bindings(func: relax.Function) -> list[relax.VarBinding]:
+    """The variable bindings of ``func``'s body, in order."""
+    body = func.body
+    return [binding for block in (body.blocks if isinstance(body, relax.SeqExpr) else [])
+            for binding in block.bindings if isinstance(binding, relax.VarBinding)]
 
 
 def _calls_impure(expr: relax.Expr) -> bool:
@@ -72,14 +74,8 @@ def _calls_impure(expr: relax.Expr) -> bool:
 
 
 def _call_tir_calls(func: relax.Function) -> list[relax.Call]:
-    calls = []
-    body = func.body
-    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == CALL_TIR:
-                calls.append(value)
-    return calls
+    return [binding.value for binding in _bindings(func) if isinstance(binding.value, relax.Call)
+            and isinstance(binding.value.op, tvm.ir.Op) and binding.value.op.name == CALL_TIR]
 
 
 @tvm.transform.module_pass(opt_level=0, name="optc.MarkWeightArgs")
@@ -210,7 +206,7 @@ def _returns_weights(func: relax.Function) -> bool:
     weights = _weight_vars(func)
     body = func.body
     result = body.body if isinstance(body, relax.SeqExpr) else body
-    bound = {binding.var: binding.value for block in getattr(body, "blocks", []) for binding in block.bindings}
+    bound = {binding.var: binding.value for binding in _bindings(func)}
     while isinstance(result, relax.Var) and result in bound and result not in weights:
         result = bound[result]
     fields = result.fields if isinstance(result, relax.Tuple) else [result]
