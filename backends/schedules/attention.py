@@ -55,9 +55,7 @@ class Attention(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         padded = _blocks(sch, PADDED_BLOCKS, ("masked_scores",))
-        if padded is not None:
-            return self._schedule_padded(sch, padded, target)
-        blocks = _blocks(sch)
+        blocks = padded if padded is not None else _blocks(sch)
         if blocks is None:
             return None
         if str(sch.get(blocks["attention"]).writes[0].source.dtype) != "float32":
@@ -67,11 +65,12 @@ class Attention(CPUScheduleRule):
             sch.compute_inline(blocks["masked_scores"])
         if "guarded_weights" in blocks:
             sch.reverse_compute_inline(blocks["guarded_weights"])
-
         out = blocks["attention"]
         tiled = self._tile_weighted_sum(sch, out, lanes)
         if tiled is None:
             return None
+        if padded is not None:
+            return self._schedule_padded(sch, blocks, target, lanes, tiled)
         head, heads, r0, keys, (n_rows, n_cols, n_keys) = tiled
 
         # the row block's scores and softmax, right before its weighted sum
@@ -112,22 +111,15 @@ class Attention(CPUScheduleRule):
         _vectorize_tile(sch, c1, nr, lanes_pv)
         return head, heads, r0, keys, tuple(extents)
 
-    def _schedule_padded(self, sch: s_tir.Schedule, blocks: dict, target: Target) -> s_tir.Schedule | None:
+    def _schedule_padded(self, sch: s_tir.Schedule, blocks: dict, target: Target, lanes: int,
+                         tiled: tuple) -> s_tir.Schedule:
         """The lane-split softmax: everything per block of ``mr`` query rows, in parallel over
         (batch x heads x row blocks), every loop over the (padded) keys vectorized.
 
         scores (register tiles of rows x key vectors over the depth), the masking inlined, the
         partial maxima and sums as ``KEY_LANES``-wide vectors accumulated over key chunks, exp and
-        normalization vectorized, then the weighted sum as row x column register tiles."""
-        if str(sch.get(blocks["attention"]).writes[0].source.dtype) != "float32":
-            return None
-        lanes = vector_lanes(target)
-        if "masked_scores" in blocks:
-            sch.compute_inline(blocks["masked_scores"])
+        normalization vectorized, then the weighted sum (tiled by ``_tile_weighted_sum``)."""
         out = blocks["attention"]
-        tiled = self._tile_weighted_sum(sch, out, lanes)
-        if tiled is None:
-            return None
         head, heads, r0, keys, (n_rows, n_cols, n_keys) = tiled
         for name in ("weights", "row_sum", "row_sum_part", "row_exp", "row_max", "row_max_part", "scores"):
             sch.compute_at(blocks[name], r0)
