@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 from tvm.target import codegen
 
-from ...errors import LoweringError
+from ...errors import ArtifactError, LoweringError
 from ...ir.graph import Graph
 from ..library import export_executable, last_line, load_library_file
 from . import register_target
@@ -103,6 +103,24 @@ def detect_host_mattr(mcpu: str | None) -> tuple[str, ...]:
     flags = _cpuinfo_flags() or frozenset()
     return tuple(feature for flag, feature, needs in X86_EXTENSIONS
                  if flag in flags and levels.index(mcpu) <= levels.index(needs))
+
+
+def check_host_runs(described: Mapping[str, Any]) -> None:
+    """Refuse a library built for x86 features this CPU lacks (it would die of an illegal
+    instruction): ``described`` is an artifact's target description (``mcpu``, ``mattr``)."""
+    flags = _cpuinfo_flags() if platform.machine().lower() in ("x86_64", "amd64") else None
+    if flags is None:
+        return
+    needed = dict(X86_LEVELS).get(str(described.get("mcpu")), frozenset())
+    by_feature = {feature: flag for flag, feature, _ in X86_EXTENSIONS}
+    needed |= {by_feature[feature] for feature in described.get("mattr") or () if feature in by_feature}
+    missing = sorted(needed - flags)
+    if missing:
+        raise ArtifactError(
+            f"this artifact was built for a CPU with {', '.join(missing)} (mcpu {described.get('mcpu')}, mattr "
+            f"{list(described.get('mattr') or [])}), which this CPU lacks; recompile it here, or build it for both "
+            f"with get_target('cpu', mcpu='{detect_host_mcpu() or 'x86-64'}', mattr=())"
+        )
 
 
 def host_core_count() -> int:
@@ -212,6 +230,7 @@ class CpuTarget:
     def load(self, directory: Path, graph: Graph, manifest: Mapping[str, Any] | None = None) -> CompiledModel:
         from ..runtime import load_compiled  # the runtime imports the target registry
 
+        check_host_runs((manifest or {}).get("target", {}))
         return load_compiled(directory, graph, self)
 
     def describe(self) -> dict[str, Any]:

@@ -137,3 +137,26 @@ def test_kernel_profile_names_the_kernels_of_a_run():
     assert len(dense) == 1 and kernels[dense[0]].calls == 1 and kernels[dense[0]].ms > 0
     assert table == sorted(table, key=lambda row: -row.ms)
     assert dense[0] in format_profile(table) and "total" in format_profile(table)
+
+
+def test_an_artifact_built_for_missing_cpu_features_is_refused(tmp_path, monkeypatch):
+    """A VNNI (or AVX-512) build on a CPU without it would die of an illegal instruction."""
+    import optc.backends.targets.cpu as cpu
+    from optc.errors import ArtifactError
+
+    host = cpu._cpuinfo_flags() or frozenset()
+    if not ({"avx512_vnni"} | cpu.X86_LEVELS[0][1]) <= host:
+        pytest.skip("builds and runs an AVX-512 VNNI library: this CPU has no AVX-512 VNNI")
+    graph = linear_graph(4, 16, 32)
+    optc.compile(graph, output=tmp_path / "art", check=False, target="cpu", target_options={"mcpu": "x86-64-v4",
+                                                                                         "mattr": ("+avx512vnni",)})
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    avx2_only = frozenset(cpu.X86_LEVELS[1][1] | cpu.X86_LEVELS[2][1])
+    monkeypatch.setattr(cpu, "_cpuinfo_flags", lambda: avx2_only)
+    with pytest.raises(ArtifactError, match="avx512_vnni.*avx512f|avx512.*lacks"):
+        load_artifact(tmp_path / "art")
+    monkeypatch.setattr(cpu, "_cpuinfo_flags", lambda: avx2_only | cpu.X86_LEVELS[0][1] | {"avx512_vnni"})
+    feeds = {"x": np.ones((4, 16), np.float32)}
+    name = graph.outputs[0].name
+    np.testing.assert_allclose(load_artifact(tmp_path / "art").run(feeds)[name], interpret(graph, feeds)[name],
+                               **TOLERANCE)
