@@ -130,13 +130,7 @@ class Attention(CPUScheduleRule):
         step = 2 * lanes if n_keys % (2 * lanes) == 0 and n_keys >= 4 * lanes else lanes
         if n_keys % step:
             step = fitting_lanes(n_keys, lanes)
-        j0, j1 = sch.split(j, [None, step])
-        if i1 is not None:
-            sch.reorder(j0, d, i1, j1)
-            sch.unroll(i1)
-        else:
-            sch.reorder(j0, d, j1)
-        _vectorize_tile(sch, j1, step, lanes)
+        _tile_keys(sch, j, d, i1, step, lanes)
         # partial maxima / sums: the lanes innermost (a vector), the key chunks around them
         chunks = {}
         for name in ("row_max_part", "row_sum_part"):
@@ -204,14 +198,20 @@ class Attention(CPUScheduleRule):
                 return None
             own = _loops_below(sch, scores, row_block)
             j, i1, d = own if len(own) == 3 else (own[0], None, own[1])
-        j0, j1 = sch.split(j, [None, step])
-        if i1 is not None:
-            sch.reorder(j0, d, i1, j1)
-            sch.unroll(i1)
-        else:
-            sch.reorder(j0, d, j1)
-        _vectorize_tile(sch, j1, step, lanes)
+        _tile_keys(sch, j, d, i1, step, lanes)
         return scores, d
+
+
+def _tile_keys(sch, j, d, i1, step: int, lanes: int) -> None:
+    """The scores as [rows x ``step`` keys] register tiles: keys split by ``step`` (vectorized),
+    the depth ``d`` around the unrolled rows ``i1`` (None for a single query row)."""
+    j0, j1 = sch.split(j, [None, step])
+    if i1 is not None:
+        sch.reorder(j0, d, i1, j1)
+        sch.unroll(i1)
+    else:
+        sch.reorder(j0, d, j1)
+    _vectorize_tile(sch, j1, step, lanes)
 
 
 def _loops_below(sch, block, outer) -> list:

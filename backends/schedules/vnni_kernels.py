@@ -136,12 +136,7 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                                 out = f"C[{base} + {i}, T.ramp({column.format(width=width, offset=v * LANES)}, 1, {LANES})]"
                                 code.line(f"{out} = acc[{code.vector(i * nv + v)}] - colsum[{code.vector(v)}]")
 
-                    if tiles:
-                        code.line(f"for tile in T.serial({tiles}):")
-                        with code.indent():
-                            tile(f"tile * {mr}", mr)
-                    if rest:
-                        tile(str(tiles * mr), rest)
+                    _row_tiles(code, tile, tiles, mr, rest)
             if tail:
                 first = columns - tail
                 lanes = (lambda text: f"T.ramp({text}, 1, {tail})") if tail > 1 else (lambda text: text)
@@ -335,10 +330,15 @@ def conv_kernel(shape: ConvShape, nv: int, mr: int, nhwc: bool, prepacked: bool 
                             if partial:
                                 code.depth -= 1
 
-                if tiles:
-                    code.line(f"for tile in T.serial({tiles}):")
-                    with code.indent():
-                        tile(f"tile * {mr}", mr)
-                if rest:
-                    tile(str(tiles * mr), rest)
+                _row_tiles(code, tile, tiles, mr, rest)
     return code.parse()
+
+
+def _row_tiles(code, tile, tiles: int, mr: int, rest: int) -> None:
+    """Emit ``tile`` for ``tiles`` full tiles of ``mr`` rows (a serial loop), then one of ``rest`` rows."""
+    if tiles:
+        code.line(f"for tile in T.serial({tiles}):")
+        with code.indent():
+            tile(f"tile * {mr}", mr)
+    if rest:
+        tile(str(tiles * mr), rest)

@@ -32,11 +32,11 @@ def cnn_feeds(count: int, seed: int, batch: int = 8) -> list[dict[str, np.ndarra
     return [{"image": rng.standard_normal((batch, 3, 8, 8)).astype(np.float32)} for _ in range(count)]
 
 
-def small_mlp(seed: int = 0, width: int = 64, hidden: int = 256) -> Graph:
-    """linear-gelu -> linear on (batch, tokens, width): a transformer MLP block."""
+def small_mlp(seed: int = 0, width: int = 64, hidden: int = 256, batch: int | str = "batch") -> Graph:
+    """linear-gelu -> linear on (batch, tokens, width): a transformer MLP block (symbolic batch by default)."""
     rng = np.random.default_rng(seed)
     graph = Graph("small_mlp")
-    x = graph.add_input("tokens", TensorType(("batch", 4, width), "float32"))
+    x = graph.add_input("tokens", TensorType((batch, 4, width), "float32"))
     w1 = graph.add_param("w1", (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32))
     b1 = graph.add_param("b1", (rng.standard_normal(hidden) * 0.1).astype(np.float32))
     w2 = graph.add_param("w2", (rng.standard_normal((hidden, width)) / np.sqrt(hidden)).astype(np.float32))

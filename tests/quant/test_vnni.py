@@ -18,7 +18,7 @@ from optc.backends.targets import cpu as cpu_target
 from optc.backends.targets import get_target
 from optc.ir import Graph, TensorType, interpret
 
-from .models import mlp_feeds
+from .models import mlp_feeds, small_mlp
 
 HOST_HAS_VNNI = "avx512_vnni" in (cpu_target._cpuinfo_flags() or frozenset())
 HOST_LEVEL = cpu_target.detect_host_mcpu()
@@ -183,17 +183,7 @@ def test_depthwise_int8_convs_keep_the_integer_schedule_and_are_bit_exact(stride
 
 def static_mlp(seed: int = 0, width: int = 64, hidden: int = 256) -> Graph:
     """``models.small_mlp`` with a static batch of 2 (the VNNI rules need static row counts)."""
-    rng = np.random.default_rng(seed)
-    graph = Graph("static_mlp")
-    x = graph.add_input("tokens", TensorType((2, 4, width), "float32"))
-    w1 = graph.add_param("w1", (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32))
-    b1 = graph.add_param("b1", (rng.standard_normal(hidden) * 0.1).astype(np.float32))
-    w2 = graph.add_param("w2", (rng.standard_normal((hidden, width)) / np.sqrt(hidden)).astype(np.float32))
-    hidden_value = graph.op("nn.linear", x, w1, b1, activation="gelu", name="fc1")
-    out = graph.op("linalg.matmul", hidden_value, w2, name="fc2")
-    graph.outputs = [out]
-    graph.rename_value(out, "out")
-    return graph
+    return small_mlp(seed, width, hidden, batch=2)
 
 
 def quantized(graph: Graph, **options: object) -> Graph:
