@@ -21,11 +21,8 @@ from ..errors import ArtifactError, InputError
 from ..ir.graph import Graph
 from ..ir.interpret import check_inputs
 from .library import copy_library_files
-from .lower import ENTRY, function_params, lower_graph, parameter_name
+from .lower import ENTRY, TRANSFORM_PARAMS, function_params, lower_graph, parameter_name
 from .targets import BuildTarget, get_target
-
-# what relax.transform.LiftTransformParams names the weight-only part of main (run once at load)
-TRANSFORM_PARAMS = f"{ENTRY}_transform_params"
 
 logger = logging.getLogger(__name__)
 

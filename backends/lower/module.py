@@ -19,6 +19,8 @@ from .context import LowerContext
 from .table import LOWERINGS, lowering_for
 
 ENTRY = "main"
+# what relax.transform.LiftTransformParams names the weight-only part of main (run once at load)
+TRANSFORM_PARAMS = f"{ENTRY}_transform_params"
 
 
 def function_params(graph: Graph) -> list[Value]:

@@ -34,16 +34,17 @@ import tvm
 from tvm import relax, s_tir, tirx
 from tvm.ir import IRModule
 
+from ..lower.module import ENTRY
+
 WEIGHT_ARGS_ATTR = "optc.weight_args"
 PACKED_ARGS_ATTR = "optc.packed_args"
 PACKED_ARG_ANNOTATION = "optc.packed_arg"  # on the block that reads the packed weight: [position, nr]
-TRANSFORM_PARAMS = "main_transform_params"
 CALL_TIR = "relax.call_tir"
 
 
 def _single_main(mod: IRModule) -> relax.Function | None:
     functions = [(gvar, func) for gvar, func in mod.functions_items() if isinstance(func, relax.Function)]
-    if len(functions) != 1 or functions[0][0].name_hint != "main":
+    if len(functions) != 1 or functions[0][0].name_hint != ENTRY:
         return None
     func = functions[0][1]
     if func.attrs is None or "num_input" not in func.attrs:
@@ -179,7 +180,7 @@ class PackWeights:
         if not renamed:
             return mod
         packer = _Packer(mod, renamed)
-        gvar = mod.get_global_var("main")
+        gvar = mod.get_global_var(ENTRY)
         rewritten = packer.visit_expr(main)
         if not packer.packed:
             return mod

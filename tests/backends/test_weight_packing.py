@@ -14,8 +14,8 @@ import tvm
 import optc
 from optc.backends import compile_graph, get_target
 from optc.backends.artifact import load_artifact
-from optc.backends.lower import lower_graph
-from optc.backends.schedules.weights import PACKED_ARGS_ATTR, TRANSFORM_PARAMS, _call_tir_calls
+from optc.backends.lower import TRANSFORM_PARAMS, lower_graph
+from optc.backends.schedules.weights import PACKED_ARGS_ATTR, _call_tir_calls
 from optc.ir import Graph, TensorType, interpret
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
