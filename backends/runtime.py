@@ -23,6 +23,7 @@ from ..ir.interpret import check_inputs
 from .library import copy_library_files
 from .lower import ENTRY, TRANSFORM_PARAMS, function_params, lower_graph, parameter_name
 from .targets import BuildTarget, get_target
+from .targets.cpu import use_every_core
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class CompiledModel:
         self._library = library
         self._source_directory = source_directory
         self._device = target.device()
+        use_every_core()  # before the first kernel starts TVM's thread pool
         self._vm = relax.VirtualMachine(library, self._device)
         self._main = self._vm[ENTRY]
         self._check_signature()

@@ -32,6 +32,7 @@ from tvm_ffi import structural_hash
 from tvm import relax
 
 from ..errors import LoweringError, OptcError
+from .targets.cpu import use_every_core
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def tune_module(
     skipped = sum(min(before, trials) for _, before, _ in pending)
     say(f"{len(tasks)} tasks, {trials} trials each: {total_missing} to run, {skipped} already in {work_dir}")
     builder = ms.builder.LocalBuilder(f_build=build_kernel, timeout_sec=BUILD_TIMEOUT_S)
+    use_every_core()  # the runner's worker processes measure with the threads a compiled model gets
     runner = _runner(rpc)
     state = _read_state(work_dir)
     unmeasured = [task for task, _, _ in pending

@@ -124,10 +124,33 @@ def check_host_runs(described: Mapping[str, Any]) -> None:
 
 
 def host_core_count() -> int:
+    """Physical cores among the CPUs this process may run on (SMT siblings count once)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))
+        except OSError:  # no sysfs topology (containers may hide it): every CPU a core
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def use_every_core() -> None:
+    """Let TVM's thread pool use every core, unless the user chose (``TVM_NUM_THREADS`` / ``OMP_NUM_THREADS``).
+
+    TVM 0.27's default on x86 is half the logical CPUs ("ignore hyper-threading"): on a machine
+    without SMT (this 2-core VM, most cloud vCPU slices) that is half the cores, and every optc
+    kernel, and every MetaSchedule measurement, ran on one of two cores. The pool reads the
+    variable when it starts (the first parallel kernel), so this runs before any model is loaded;
+    MetaSchedule's runner processes inherit it.
+    """
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(host_core_count())
 
 
 @register_target("cpu")
