@@ -299,16 +299,15 @@ class VnniDense(CPUScheduleRule):
         match = match_vnni_dense(sch, block)
         if match is None or match.columns < LANES:
             return None
-        nv, mr = _dense_tile_shape(match.rows, match.columns // LANES, self.config, num_cores(target))
-        prepacked = match.columns % LANES == 0
-        weight = match.weight
-        if prepacked:
-            weight = _pack_at_load(sch, block, weight, lambda k, n: (n // LANES, k // 4, n % LANES, k % 4), target)
+        nv, mr = _dense_tile_shape(match.rows, -(-match.columns // LANES), self.config, num_cores(target))
+        # the weight in 16 x 4 blocks, a ragged N zero-padded to whole blocks (GPT-2's 50257-word head)
+        weight = _pack_at_load(sch, block, match.weight, lambda k, n: (n // LANES, k // 4, n % LANES, k % 4), target,
+                               padded=match.columns % LANES != 0)
         kernel = dense_kernel(match.rows, match.depth, match.columns, match.a_dtype == "int8", nv, mr, match.a_dtype,
-                              prepacked=prepacked)
+                              prepacked=True)
         _schedule_elementwise(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target,
                               match.rows * match.columns * 8)
-        _tensorize(sch, block, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}{prepacked}")
+        _tensorize(sch, block, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}packed")
         return sch
 
 
@@ -441,8 +440,10 @@ def _pack_weight_at_load(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, we
     return _pack_at_load(sch, block, weight, lambda o, i, h, w: (o // LANES, h, w, i // 4, o % LANES, i % 4), target)
 
 
-def _pack_at_load(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, weight, layout, target: Target):
-    """Read ``weight`` in the blocked ``layout`` (an index map), made by a copy block of its own.
+def _pack_at_load(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, weight, layout, target: Target,
+                  padded: bool = False):
+    """Read ``weight`` in the blocked ``layout`` (an index map), made by a copy block of its own;
+    ``padded``: the layout rounds a dimension up, and the copy writes zeros there.
 
     The copy is marked ``meta_schedule.layout_rewrite_preproc`` (as conv.py's packing):
     ``SplitLayoutRewritePreproc`` in ``schedule_passes`` moves it out of the kernel and
@@ -450,7 +451,7 @@ def _pack_at_load(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, weight, l
     """
     index = next(i for i, region in enumerate(sch.get(block).reads) if region.source.same_as(weight))
     copy = sch.cache_read(block, index, "global")
-    sch.transform_layout(block, ("read", index), layout)
+    sch.transform_layout(block, ("read", index), layout, pad_value=tirx.const(0, "int8") if padded else None)
     loops = sch.get_loops(copy)
     if loops:
         parallelize(sch, loops[0], target, 1 << 20)
