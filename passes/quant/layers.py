@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ...ir.graph import Graph, Node
 
 LAYER_OPS = ("nn.conv", "nn.linear", "linalg.matmul")
@@ -60,10 +62,23 @@ class QuantReport:
 
 
 def weight_of(graph: Graph, node: Node) -> Any:
-    """The param array a layer multiplies by (conv/linear weight, matmul right operand), or None."""
-    if len(node.inputs) < 2 or not graph.is_param(node.inputs[1]):
+    """The param array a layer multiplies by (conv/linear weight, matmul right operand), or None.
+
+    A matmul by ``transpose(param)`` counts too, with the transposed array: that is how a tied
+    embedding is read as an LM head (GPT-2's ``x @ wte.T``), most of a small LM's FLOPs. The
+    quantized copy is a param of its own; the float table stays for the embedding lookup.
+    """
+    if len(node.inputs) < 2:
         return None
-    return graph.params[node.inputs[1]]
+    operand = node.inputs[1]
+    if graph.is_param(operand):
+        return graph.params[operand]
+    producer = operand.producer
+    if (node.op == "linalg.matmul" and producer is not None and producer.op == "tensor.transpose"
+            and graph.is_param(producer.inputs[0]) and operand.type.rank == 2
+            and tuple(producer.attrs["perm"]) == (1, 0)):
+        return np.ascontiguousarray(graph.params[producer.inputs[0]].T)
+    return None
 
 
 def layer_nodes(graph: Graph) -> list[Node]:

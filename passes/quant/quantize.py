@@ -101,6 +101,7 @@ class Quantize:
             rows = self._weight_only(graph, layers)
         else:
             rows = self._static(graph, layers, report)
+        graph.remove_dead_nodes()  # e.g. the transpose a quantized LM head read its tied weight through
         report.layers = rows + float_rows + embedding_rows
         self.last_report = report
         logger.info("%s", report.table())

@@ -88,6 +88,37 @@ def test_dynamic_int8_needs_no_calibration_and_compiles(compile_quant) -> None:
     np.testing.assert_allclose(compiled["out"], interpret(dynamic, feeds)["out"], rtol=1e-4, atol=1e-4)
 
 
+def tied_lm(vocab: int = 40, width: int = 32):
+    """Token ids -> embedding rows -> tanh -> logits through the same table transposed (GPT-2's tied head)."""
+    from optc.ir import Graph, TensorType
+
+    graph = Graph("tied_lm")
+    ids = graph.add_input("ids", TensorType((1, 6), "int64"))
+    table = graph.add_param("wte", np.random.default_rng(0).standard_normal((vocab, width)).astype(np.float32))
+    hidden = graph.op("math.tanh", graph.op("tensor.gather", table, ids, axis=0))
+    flat = graph.op("tensor.reshape", hidden, shape=(6, width))
+    graph.outputs = [graph.op("linalg.matmul", flat, graph.op("tensor.transpose", table, perm=(1, 0)))]
+    return graph
+
+
+def test_dynamic_int8_quantizes_a_head_tied_to_the_embedding(compile_quant) -> None:
+    """``x @ transpose(wte)`` is a matmul by a constant: it becomes int8 with a transposed copy of the
+    table, while the float table stays for the lookup (as ONNX Runtime does for the exported head)."""
+    graph = tied_lm()
+    dynamic, report = quantized(graph, method="dynamic", embeddings=False)
+    ops = dynamic.op_counts()
+    assert ops.get("quant.linear") == 1 and "linalg.matmul" not in ops and "tensor.transpose" not in ops
+    assert [row.scheme for row in report.layers] == ["int8 dyn"]
+    quantized_head = next(array for value, array in dynamic.params.items() if value.name.endswith("_w_q"))
+    assert quantized_head.shape == (32, 40) and quantized_head.dtype == np.int8
+    assert any(value.name == "wte" for value in dynamic.params)  # still gathered from
+    feeds = {"ids": np.array([[1, 5, 9, 22, 39, 0]], np.int64)}
+    assert output_error(graph, dynamic, [feeds]) < 0.03
+    compiled = compile_quant("tied-lm", lambda: dynamic).run(feeds)
+    name = dynamic.outputs[0].name
+    np.testing.assert_allclose(compiled[name], interpret(dynamic, feeds)[name], rtol=1e-4, atol=1e-4)
+
+
 def test_weight_only_int4_is_packed_and_about_seven_times_smaller() -> None:
     graph = small_mlp(hidden=256)
     w4, report = quantized(graph, mode="w4", group=128)
