@@ -14,20 +14,22 @@ stays a loop nest of its own over the int32 result, vectorized and parallel.
 
 ``VnniDense`` (``quant.linear``, and ``quant.matmul`` by a 2-d ``(K, N)`` operand)::
 
+    parallel for each row: a_u8[row] = a[row] ^ 0x80                # 64 bytes at a time
     parallel for each panel of nr = 16 * nv columns:
         colsum[nv x 16] = 128 * sum_k w[k, panel]               # vpdpbusd with 0x80 bytes
         for each tile of mr rows:
             acc[mr x nv x 16] = 0
             for k in 0, 4, ..., K - 4:
-                acc[i, v] = vpdpbusd(acc[i, v], broadcast(a[row i, k:k+4] ^ 0x80808080), w_block[k/4, v])
+                acc[i, v] = vpdpbusd(acc[i, v], broadcast(a_u8[row i, k:k+4]), w_block[k/4, v])
             out[tile] = acc - colsum
 
-``w_block`` is the weight in 16 x 4 blocks, ``[N/16, K/4, 16, 4]``. With N a multiple of 16 the
-blocks are made once when the model loads (a copy block marked
+``w_block`` is the weight in 16 x 4 blocks, ``[ceil(N/16), K/4, 16, 4]``, zero-padded to whole
+blocks; it is made once when the model loads (a copy block marked
 ``meta_schedule.layout_rewrite_preproc``, which ``SplitLayoutRewritePreproc`` and
-``LiftTransformParams`` in ``schedule_passes`` move out of the kernel to load time); otherwise
-each panel interleaves its 4 x 16 rows in registers per call and the last N % 16 columns use
-widening multiplies. K must be a multiple of 4.
+``LiftTransformParams`` in ``schedule_passes`` move out of the kernel to load time). The last
+vector of a ragged N stores only its real lanes. A signed A is shifted to uint8 (``^ 0x80``) once
+per call, before the tiles, so a tile step broadcasts each row's 4 bytes straight from memory.
+K must be a multiple of 4.
 
 ``VnniConv2d`` (``quant.conv``, groups 1, batch 1, NCHW) takes one of two forms:
 
@@ -61,6 +63,7 @@ from tvm.target import Target, codegen
 from .common import find_anchor, num_cores, parallelize, static_extent
 from .conv import match_conv2d
 from .matmul import match_dense
+from .vnni_epilogue import fold_epilogue, match_epilogue
 from .vnni_kernels import LANES, ConvShape, conv_kernel, dense_kernel
 
 
@@ -78,6 +81,7 @@ class VnniConfig:
     nv: int | None = None  # 16-lane vectors per tile row (None: chosen per shape)
     mr: int | None = None  # rows (dense) or pixels (conv) per tile
     registers: int = 15  # accumulator vectors: their buffer must stay under 1 KB (KernelText.allocate)
+    fold_epilogue: bool = True  # dense: the epilogue computed in the kernel's stores (vnni_epilogue.py)
 
 
 # ---- the tensorize plumbing -------------------------------------------------------------------------------
@@ -173,8 +177,9 @@ def _schedule_transposed_epilogue(sch: s_tir.Schedule, epilogue: s_tir.schedule.
 
 
 def _tensorize(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, operands: list, output, impl: tirx.PrimFunc,
-               key: str) -> None:
+               key: str) -> s_tir.schedule.SBlockRV:
     """Replace ``block``'s nest by ``impl``; the impl's own buffers (registers) move with it.
+    Returns the block that now holds the kernel.
 
     Tensorize keeps only the body of the impl's root block, so its ``alloc_buffers`` are added
     to the tensorized block afterwards; TVM then places each allocation in the innermost loop
@@ -193,6 +198,7 @@ def _tensorize(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, operands: li
     replaced = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, stmt.body, None,
                             list(stmt.alloc_buffers) + own, stmt.match_buffers, stmt.annotations)
     sch.state.replace(sch.get_sref(outer), replaced, {stmt: replaced})
+    return outer
 
 
 def _int(value) -> int:
@@ -305,9 +311,15 @@ class VnniDense(CPUScheduleRule):
                                padded=match.columns % LANES != 0)
         kernel = dense_kernel(match.rows, match.depth, match.columns, match.a_dtype == "int8", nv, mr, match.a_dtype,
                               prepacked=True)
-        _schedule_elementwise(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target,
-                              match.rows * match.columns * 8)
-        _tensorize(sch, block, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}packed")
+        epilogue = None
+        if anchor.epilogue is not None and self.config.fold_epilogue:
+            epilogue = match_epilogue(sch, anchor.epilogue.block_rv, match.result, match.rows, match.columns)
+        if epilogue is None:
+            _schedule_elementwise(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target,
+                                  match.rows * match.columns * 8)
+        outer = _tensorize(sch, block, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}packed")
+        if epilogue is not None:
+            return fold_epilogue(sch, outer, anchor.epilogue.block_rv, epilogue, match.result)
         return sch
 
 

@@ -167,8 +167,12 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                                                       f"acc[{(i * nv + v) * LANES} + lane] - colsum[{v * LANES} + lane]")
                                     code.line("else:")
                                     code.depth += 1
-                                out = f"C[{base} + {i}, T.ramp({first}, 1, {LANES})]"
-                                code.line(f"{out} = acc[{code.vector(i * nv + v)}] - colsum[{code.vector(v)}]")
+                                # scalar stores in a vectorized lane loop (one vector store once
+                                # lowered): vnni_epilogue.py rewrites them into the epilogue's stores
+                                code.line(f"for lane in T.vectorized({LANES}):")
+                                with code.indent():
+                                    code.line(f"C[{base} + {i}, {first} + lane] = "
+                                              f"acc[{(i * nv + v) * LANES} + lane] - colsum[{v * LANES} + lane]")
                                 if partial and v == nv - 1:
                                     code.depth -= 1
 

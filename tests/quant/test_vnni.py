@@ -14,6 +14,7 @@ from tvm import relax
 from optc.backends import compile_graph
 from optc.backends.lower import lower_graph
 from optc.backends.schedules import ApplySchedules
+from optc.backends.schedules.vnni import VnniConfig, VnniDense
 from optc.backends.targets import cpu as cpu_target
 from optc.backends.targets import get_target
 from optc.ir import Graph, TensorType, interpret
@@ -138,6 +139,29 @@ def test_dense_products_are_bit_exact(dense_builds, kind: str) -> None:
     got, want = builds[kind].run(feeds), interpret(graph, feeds)
     for value in graph.outputs:
         assert np.array_equal(got[value.name], want[value.name]), f"{kind}: {value.name}"
+
+
+def _int32_products(graph: Graph, config: VnniConfig) -> list[int]:
+    """Per dense kernel of ``graph`` scheduled by VnniDense: how many int32 buffers its root allocates."""
+    module = lower_graph(graph)
+    counts = []
+    with get_target("cpu", **VNNI).tvm_target() as target:
+        module = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(module))
+        for _, func in module.functions_items():
+            sch = VnniDense(config).apply(func, target, False) if hasattr(func, "body") else None
+            if sch is not None:
+                root = sch.mod["main"].body.block
+                counts.append(sum(str(buffer.dtype) == "int32" for buffer in root.alloc_buffers))
+    return counts
+
+
+@needs_avx512_level
+def test_dense_epilogues_are_folded_into_the_kernel_stores() -> None:
+    """With an epilogue (the bias add here; dequantize, GELU... in models) the kernel stores finished
+    values: no int32 product in memory. Unfolded, each kernel allocates one (the old form)."""
+    graph, _ = dense_graph()
+    assert _int32_products(graph, VnniConfig()) == [0] * len(DENSE_CASES)
+    assert _int32_products(graph, VnniConfig(fold_epilogue=False)) == [1] * len(DENSE_CASES)
 
 
 @needs_vnni_cpu

@@ -1,0 +1,168 @@
+"""Fold an int8 product's epilogue into the VNNI dense kernel's stores: no int32 result in memory.
+
+Without this, a dynamic-int8 linear layer writes its int32 product to a buffer as big as the
+output and a second loop nest reads it back to dequantize (and add the bias, apply GELU, ...):
+for GPT-2's 128 x 50257 head that is 26 MB written and read again. The kernel (``dense_kernel``)
+stores each tile as scalar stores in a 16-lane vectorized loop::
+
+    for lane in T.vectorized(16):
+        C[row, col + lane] = acc[... + lane] - colsum[... + lane]
+
+``fold_epilogue`` rewrites those stores into the epilogue's own, with the epilogue's value
+expression read at that element, and deletes the epilogue's loop nest and the int32 buffer::
+
+    for lane in T.vectorized(16):
+        out[row, col + lane] = T.Cast("float32", acc[... + lane] - colsum[... + lane]) * (x_scale[()] * w_scales[col + lane])
+
+TVM's vectorizer makes the store one vector expression again. Only an epilogue of one block
+(``find_anchor`` inlines the chain into it) that reads the product at its own iterators, element
+for element, is folded (``match_epilogue``); anything else keeps its separate loop nest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm_ffi
+from tvm import ir, s_tir, tirx
+
+LOAD = ir.expr.TensorLoad  # the class of tirx.BufferLoad(...) values in TVM 0.27 (BufferLoad is a function)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    block: s_tir.SBlock
+    rows: list[tuple[tirx.Var, int]]  # the iterators over the product's rows, with their extents
+    column: tirx.Var
+    store: tirx.BufferStore  # what the block stores: the output element, a function of the iterators
+
+
+def _loads_of(expr: tirx.Expr, buffer: tirx.Buffer) -> list[tirx.BufferLoad]:
+    found: list[tirx.BufferLoad] = []
+    tvm_ffi.structural_walk(expr, [(LOAD, lambda load: found.append(load) if load.source.same_as(buffer) else None)])
+    return found
+
+
+def _static(value) -> int | None:
+    return int(value.value) if isinstance(value, tirx.IntImm) else None
+
+
+def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, result: tirx.Buffer, rows: int,
+                   columns: int) -> Epilogue | None:
+    """The epilogue block as an ``Epilogue`` when it can be folded, else None: one store, spatial
+    iterators (rows..., column) over the whole product, the product read only at those iterators."""
+    block = sch.get(block_rv)
+    store = block.body
+    if block.init is not None or not isinstance(store, tirx.BufferStore) or store.buffer.same_as(result):
+        return None
+    iters = list(block.iter_vars)
+    extents = [_static(iv.dom.extent) for iv in iters]
+    if not iters or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters) or None in extents:
+        return None
+    if extents[-1] != columns or _product(extents[:-1]) != rows:
+        return None
+    loads = _loads_of(store.value, result)
+    variables = [iv.var for iv in iters]
+    for load in loads:
+        # unit dims of the product may be indexed by a constant 0 instead of an iterator
+        indices = [index for index, size in zip(load.indices, result.shape)
+                   if not (_static(index) == 0 and _static(size) == 1)]
+        if len(indices) != len(variables) or not all(index.same_as(var) for index, var in zip(indices, variables)):
+            return None
+    if not loads or any(_loads_of(index, result) for index in store.indices):
+        return None
+    return Epilogue(block, list(zip(variables[:-1], extents[:-1])), variables[-1], store)
+
+
+def _product(values: list[int]) -> int:
+    total = 1
+    for value in values:
+        total *= value
+    return total
+
+
+def _row_indices(row: tirx.Expr, rows: list[tuple[tirx.Var, int]]) -> dict[tirx.Var, tirx.Expr]:
+    """The epilogue's row iterators at flattened row ``row`` (row-major over their extents)."""
+    values: dict[tirx.Var, tirx.Expr] = {}
+    stride = 1
+    for var, extent in reversed(rows):
+        value = row if stride == 1 else tirx.floordiv(row, stride)
+        values[var] = tirx.const(0, str(var.ty.dtype)) if extent == 1 else tirx.floormod(value, extent)
+        stride *= extent
+    return values
+
+
+def _substitute(node, values: dict, result: tirx.Buffer | None = None, element: tirx.Expr | None = None):
+    """``node`` with iterators replaced by ``values`` and loads of ``result`` by ``element``."""
+    def visit_var(var, _mutator):
+        for old, new in values.items():
+            if var.same_as(old):
+                return new
+        return var
+
+    def visit_load(load, mutator):
+        if result is not None and load.source.same_as(result):
+            return element
+        return mutator.default_mutate(load)
+
+    return tvm_ffi.structural_mutate(node, [(LOAD, visit_load), (tirx.Var, visit_var)])
+
+
+def _whole(buffer: tirx.Buffer) -> tirx.BufferRegion:
+    return tirx.BufferRegion(buffer, [ir.Range.from_min_extent(0, size) for size in buffer.shape])
+
+
+def _cast(value: tirx.Expr, dtype: str) -> tirx.Expr:
+    return value if str(value.ty.dtype) == dtype else tirx.Cast(dtype, value)
+
+
+def fold_epilogue(sch: s_tir.Schedule, kernel_rv: s_tir.schedule.SBlockRV, epilogue_rv: s_tir.schedule.SBlockRV,
+                  epilogue: Epilogue, result: tirx.Buffer) -> s_tir.Schedule:
+    """A schedule of the func with the epilogue computed in the kernel's stores (module docstring)."""
+    func = sch.mod["main"]
+    kernel = sch.get(kernel_rv)
+    loops = sch.get_loops(epilogue_rv)
+    nest = sch.get(loops[0]) if loops else None
+    views = [match.buffer for match in kernel.match_buffers if match.source.source.same_as(result)]
+    if nest is None or len(views) != 1:
+        raise ValueError("the kernel does not write the product through one matched buffer")
+    view = views[0]
+    store = epilogue.store
+    rewritten = []
+
+    def visit_store(node, mutator):
+        if not node.buffer.same_as(view):
+            return mutator.default_mutate(node)
+        if len(node.indices) != 2:
+            raise ValueError("the kernel's stores are not (row, column)")
+        row, column = node.indices
+        values = _row_indices(row, epilogue.rows)
+        values[epilogue.column] = column
+        values = {var: _cast(value, str(var.ty.dtype)) for var, value in values.items()}
+        rewritten.append(node)
+        return tirx.BufferStore(store.buffer, _substitute(store.value, values, result, node.value),
+                                [_substitute(index, values) for index in store.indices])
+
+    def visit_block(node, mutator):
+        if node.same_as(kernel):
+            body = tvm_ffi.structural_mutate(node.body, [(tirx.BufferStore, visit_store)])
+            reads = list(node.reads) + [_whole(region.source) for region in epilogue.block.reads
+                                        if not region.source.same_as(result)]
+            return s_tir.SBlock(node.iter_vars, reads, [_whole(store.buffer)], node.name_hint, body, node.init,
+                                node.alloc_buffers,
+                                [match for match in node.match_buffers if not match.buffer.same_as(view)],
+                                node.annotations)
+        if node.same_as(func.body.block):  # the root: the int32 product is no longer allocated
+            body = mutator.mutate(node.body)
+            return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, node.init,
+                                [buffer for buffer in node.alloc_buffers if not buffer.same_as(result)],
+                                node.match_buffers, node.annotations)
+        return mutator.default_mutate(node)
+
+    def visit_for(node, mutator):
+        return tirx.Evaluate(0) if node.same_as(nest) else mutator.default_mutate(node)
+
+    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
+    if not rewritten:
+        raise ValueError("found no store of the product in the kernel")
+    return s_tir.Schedule(func.with_body(body))
