@@ -433,7 +433,7 @@ class VnniConv2d(CPUScheduleRule):
         the weight is the broadcast (shifted) operand, 16 pixels of 4 channels the interleaved one."""
         filters, channels = shape.filters, shape.channels
         pixels = shape.out[0] * shape.out[1]
-        nv, mr = _dense_tile_shape(filters, pixels // LANES, self.config, num_cores(target))
+        nv, mr = _dense_tile_shape(filters, -(-pixels // LANES), self.config, num_cores(target))
         shapes = ((filters, channels, 1, 1), tuple(shape.data), (1, filters, *shape.out))
         kernel = dense_kernel(filters, channels, pixels, True, nv, mr, "int8", shapes)
         work = filters * pixels * 8

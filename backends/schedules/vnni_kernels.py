@@ -48,8 +48,8 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                  a_dtype: str = "int8", shapes: tuple[tuple[int, ...], ...] | None = None,
                  prepacked: bool = False) -> tirx.PrimFunc:
     """``C[rows, columns] = A[rows, depth] @ B[depth, columns]`` (int8 or uint8 A, int8 B, int32 C)
-    with vpdpbusd on 16-column vectors; ``depth % 4 == 0``; a ragged last row tile and a column tail
-    (``columns % 16``) are handled. The interleaved B block is made in registers, once per k step
+    with vpdpbusd on 16-column vectors; ``depth % 4 == 0``; a ragged last row tile and a ragged
+    last vector (``columns % 16``: zero-padded, only its real lanes stored) are handled. The interleaved B block is made in registers, once per k step
     for all the rows of a tile. ``shapes``: the parameters' own (contiguous) shapes when they are
     not these matrices (a 1x1 convolution's OIHW weight, NCHW data and result), viewed as them.
     ``prepacked``: B arrives as ``[ceil(columns/16), depth/4, 16, 4]`` blocks (the last one
@@ -59,10 +59,9 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
     instead of loading, xor-ing and moving them from a general register (measured 128x768x3072,
     1 thread: 404 -> 460 GMAC/s)."""
     width = nv * LANES
-    vectors = -(-columns // LANES) if prepacked else columns // LANES
+    vectors = -(-columns // LANES)  # the last one zero-padded when columns % 16
     panels = vectors // nv
-    partial = columns % LANES if prepacked else 0  # lanes of the last (zero-padded) vector that are real
-    tail = 0 if prepacked else columns - panels * width  # < 16 when nv divides the vector count
+    partial = columns % LANES  # lanes of the last vector that are real (0: all)
     tiles, rest = divmod(rows, mr)
     steps = depth // 4
     code = KernelText()
@@ -70,8 +69,9 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
     shapes = shapes or matrices
     names = ("A", "B", "C") if shapes == matrices else ("Ap", "Bp", "Cp")
     if prepacked:
-        assert names[1] == "B" and vectors % nv == 0
+        assert names[1] == "B"
         shapes = (shapes[0], (vectors, depth // 4, LANES, 4), shapes[2])
+    assert vectors % nv == 0, "nv must divide the 16-column vectors"
     dtypes = (a_dtype, "int8", "int32")
     params = ", ".join(f"{name}: T.Buffer({tuple(shape)}, \"{dtype}\")" for name, shape, dtype in zip(names, shapes, dtypes))
     code.line(f"def kernel({params}):")
@@ -90,6 +90,8 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                 code.line(f"blocks = T.decl_buffer(({depth * vectors * LANES},), \"int8\", data=B.data)")
             else:
                 code.allocate(["interleaved"], depth * width, "int8")
+                if partial:
+                    code.allocate(["edge"], 4 * LANES, "int8")
             code.line(f"A32 = T.decl_buffer(({rows * steps},), \"int32\", data=A.data)")
             quads = "A32"
             if signed:  # A ^ 0x80 once: bytes + 128 as uint8, 4 at a time
@@ -115,10 +117,25 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                     column = "panel * {width} + {offset}"
 
                     def weight_blocks() -> None:
+                        """B's 4 x 16 block of each vector, interleaved into ``interleaved``; the
+                        last vector of a ragged B through ``edge``, zero past the last column."""
                         for v in range(nv):
                             first = column.format(width=width, offset=v * LANES)
                             loads = ", ".join(f"B[k4 * 4 + {r}, T.ramp({first}, 1, {LANES})]" for r in range(4))
-                            code.line(f"b{v} = T.bind(T.Shuffle([{loads}], INTERLEAVE))")
+                            if partial and v == nv - 1:
+                                code.line(f"if panel == {panels - 1}:")
+                                with code.indent():
+                                    code.line(f"for r, lane in T.grid(4, {LANES}):")
+                                    with code.indent():
+                                        code.line(f"edge[r * {LANES} + lane] = T.if_then_else({first} + lane < {columns}, "
+                                                  f"B[k4 * 4 + r, {first} + lane], T.int8(0))")
+                                    edges = ", ".join(f"edge[T.ramp({r * LANES}, 1, {LANES})]" for r in range(4))
+                                    code.line(f"{stored_block(v)} = T.Shuffle([{edges}], INTERLEAVE)")
+                                code.line("else:")
+                                with code.indent():
+                                    code.line(f"{stored_block(v)} = T.Shuffle([{loads}], INTERLEAVE)")
+                            else:
+                                code.line(f"{stored_block(v)} = T.Shuffle([{loads}], INTERLEAVE)")
 
                     # the panel's B interleaved once (and 128 * its column sums), read by every row tile
                     for v in range(nv):
@@ -131,14 +148,10 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                     if signed or not prepacked:
                         code.line(f"for k4 in T.serial({steps}):")
                         with code.indent():
-                            if prepacked:
-                                for v in range(nv):
-                                    code.line(f"b{v} = T.bind({stored_block(v)})")
-                            else:
+                            if not prepacked:
                                 weight_blocks()
                             for v in range(nv):
-                                if not prepacked:
-                                    code.line(f"{stored_block(v)} = b{v}")
+                                code.line(f"b{v} = T.bind({stored_block(v)})")
                                 if signed:
                                     code.line(f"colsum[{code.vector(v)}] = vpdpbusd(colsum[{code.vector(v)}], SHIFT_BYTES, b{v})")
 
@@ -177,19 +190,6 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                                     code.depth -= 1
 
                     _row_tiles(code, tile, tiles, mr, rest)
-            if tail:
-                first = columns - tail
-                lanes = (lambda text: f"T.ramp({text}, 1, {tail})") if tail > 1 else (lambda text: text)
-                spread = (lambda text: f"T.broadcast({text}, {tail})") if tail > 1 else (lambda text: text)
-                wide = f"int32x{tail}" if tail > 1 else "int32"
-                out = f"C[row, {lanes(first)}]"
-                code.line(f"for row in T.parallel({rows}):")
-                with code.indent():
-                    code.line(f"{out} = {spread('T.int32(0)')}")
-                    code.line(f"for k in T.serial({depth}):")
-                    with code.indent():
-                        widened = spread('T.Cast("int32", A[row, k])')
-                        code.line(f"{out} = {out} + T.Cast(\"{wide}\", B[k, {lanes(first)}]) * {widened}")
     return code.parse()
 
 

@@ -91,6 +91,8 @@ def conv_cases() -> dict[str, dict]:
     return {  # name: input shape, output channels, kernel, attrs, dtype
         "k3": dict(shape=(1, 32, 14, 14), filters=32, kernel=3, attrs=dict(pads=(1, 1, 1, 1)), dtype="int8"),
         "k1": dict(shape=(1, 64, 7, 7), filters=16, kernel=1, attrs={}, dtype="int8"),
+        # pointwise form (>= 128 pixels), 169 pixels: a ragged last vector of 9
+        "k1_ragged": dict(shape=(1, 16, 13, 13), filters=24, kernel=1, attrs={}, dtype="int8"),
         "k3s2": dict(shape=(1, 16, 15, 15), filters=32, kernel=3, attrs=dict(pads=(1, 1, 1, 1), strides=(2, 2)), dtype="int8"),
         "rgb": dict(shape=(1, 3, 16, 16), filters=16, kernel=3, attrs=dict(pads=(1, 1, 1, 1)), dtype="int8"),  # C % 4 != 0
         "uint8": dict(shape=(1, 20, 9, 11), filters=16, kernel=3, attrs=dict(pads=(0, 1, 2, 1), strides=(2, 1)), dtype="uint8"),
