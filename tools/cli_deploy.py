@@ -1,5 +1,7 @@
 """``optc deploy`` and the target options of ``optc compile`` (``--mcpu/--mattr/--sram/--flash``).
 
+    optc compile model.onnx --target cpu --mcpu x86-64-v3 --mattr '' -o out/portable   # any AVX2 x86-64
+
     optc compile model.onnx --target mcu --mcpu cortex-m4 --sram 256 --flash 1024 -o out/m
     optc deploy out/m --qemu                # build for the core, run under QEMU, compare with the reference
     optc deploy out/m --copy DIR            # copy the C bundle (sources, Makefile, memory report) to DIR
@@ -23,15 +25,18 @@ from ..errors import InputError
 
 
 def add_mcu_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("microcontroller and ARM targets (--target mcu, --target arm)")
-    group.add_argument("--mcpu", help="mcu: cortex-m4 (default), cortex-m7, cortex-m55; "
+    group = parser.add_argument_group("the CPU a target builds for (--target cpu, mcu, arm)")
+    group.add_argument("--mcpu", help="cpu: an LLVM CPU or x86-64 level (default: this host's level, e.g. x86-64-v4); "
+                                      "mcu: cortex-m4 (default), cortex-m7, cortex-m55; "
                                       "arm: cortex-a53 (default), cortex-a72, cortex-a76, neoverse-n1, generic")
-    group.add_argument("--mattr", help="arm: aarch64 features, comma-separated (default +neon; +dotprod, +fp16, ...)")
+    group.add_argument("--mattr", help="cpu: LLVM features on top of --mcpu, comma-separated (default: what this host "
+                                       "adds, e.g. +avx512vnni; '' for none, a portable build); "
+                                       "arm: aarch64 features (default +neon; +dotprod, +fp16, ...)")
     group.add_argument("--sram", type=int, help="mcu: SRAM budget in KB: compilation fails, saying by how much, above it")
     group.add_argument("--flash", type=int, help="mcu: flash budget in KB (weights + code)")
 
 
-TARGET_OPTIONS = {"mcu": ("mcpu", "sram_kb", "flash_kb"), "arm": ("mcpu", "mattr")}
+TARGET_OPTIONS = {"cpu": ("mcpu", "mattr"), "mcu": ("mcpu", "sram_kb", "flash_kb"), "arm": ("mcpu", "mattr")}
 FLAGS = {"mcpu": "--mcpu", "mattr": "--mattr", "sram_kb": "--sram", "flash_kb": "--flash"}
 
 

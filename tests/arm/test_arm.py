@@ -178,8 +178,8 @@ def test_options_of_other_targets_are_refused(capsys: pytest.CaptureFixture[str]
     # checked before the model is read: the model file need not exist
     assert main(["compile", str(tmp_path / "m.onnx"), "--target", "arm", "--sram", "64", "-o", str(tmp_path / "x")]) != 0
     assert "--sram not an option of --target arm" in capsys.readouterr().err
-    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cpu", "--mcpu", "cortex-a72", "-o", str(tmp_path / "x")]) != 0
-    assert "--mcpu not an option of --target cpu" in capsys.readouterr().err
+    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cpu", "--flash", "64", "-o", str(tmp_path / "x")]) != 0
+    assert "--flash not an option of --target cpu" in capsys.readouterr().err
 
 
 @needs_qemu

@@ -216,3 +216,17 @@ def test_explain_says_what_fused_and_why_not(model_file, tmp_path, capsys):
     assert "rewrite rules" in out
     assert "fuse_epilogues.conv_relu_to_conv" in out and "fired 1" in out  # conv -> relu fused
     assert "fuse_epilogues.matmul_to_linear" in out
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
+def test_cpu_builds_for_the_level_and_features_given(model_file, tmp_path, capsys):
+    """--mcpu/--mattr pick the CPU a cpu artifact is built for ('' = no features beyond the level);
+    an unknown CPU is refused with a name that works."""
+    out = tmp_path / "portable"
+    assert main(["compile", str(model_file), "--target", "cpu", "--mcpu", "x86-64-v3", "--mattr", "", "-o", str(out),
+                 "-q"]) == 0
+    target = json.loads((out / "manifest.json").read_text())["target"]
+    assert target["mcpu"] == "x86-64-v3" and target["mattr"] == []
+    assert main(["compile", str(model_file), "--target", "cpu", "--mcpu", "cortex-a72", "-o", str(tmp_path / "bad"),
+                 "-q"]) != 0
+    assert "LLVM does not know the CPU 'cortex-a72'" in capsys.readouterr().err
