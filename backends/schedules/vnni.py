@@ -81,7 +81,7 @@ class VnniConfig:
     nv: int | None = None  # 16-lane vectors per tile row (None: chosen per shape)
     mr: int | None = None  # rows (dense) or pixels (conv) per tile
     registers: int = 15  # accumulator vectors: their buffer must stay under 1 KB (KernelText.allocate)
-    fold_epilogue: bool = True  # dense: the epilogue computed in the kernel's stores (vnni_epilogue.py)
+    fold_epilogue: bool = True  # dense, pointwise conv: the epilogue in the kernel's stores (vnni_epilogue.py)
 
 
 # ---- the tensorize plumbing -------------------------------------------------------------------------------
@@ -439,8 +439,14 @@ class VnniConv2d(CPUScheduleRule):
         work = filters * pixels * 8
         for producer in anchor.producers:  # a copy of the input
             _schedule_planes(sch, producer.block_rv, target, work)
-        _schedule_planes(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target, work)
-        _tensorize(sch, block, [weight, data], out_buffer, kernel, f"pointwise{nv}x{mr}")
+        epilogue = None
+        if anchor.epilogue is not None and self.config.fold_epilogue:
+            epilogue = match_epilogue(sch, anchor.epilogue.block_rv, out_buffer, filters, pixels)
+        if epilogue is None:
+            _schedule_planes(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target, work)
+        outer = _tensorize(sch, block, [weight, data], out_buffer, kernel, f"pointwise{nv}x{mr}")
+        if epilogue is not None:  # requantized int8 planes stored straight from the tiles
+            return fold_epilogue(sch, outer, anchor.epilogue.block_rv, epilogue, out_buffer)
         return sch
 
 

@@ -32,8 +32,8 @@ LOAD = ir.expr.TensorLoad  # the class of tirx.BufferLoad(...) values in TVM 0.2
 @dataclass(frozen=True)
 class Epilogue:
     block: s_tir.SBlock
-    rows: list[tuple[tirx.Var, int]]  # the iterators over the product's rows, with their extents
-    column: tirx.Var
+    rows: list[tuple[tirx.Var, int]]  # the iterators the product's rows flatten, with their extents
+    columns: list[tuple[tirx.Var, int]]  # the same for its columns (a conv's H x W pixels)
     store: tirx.BufferStore  # what the block stores: the output element, a function of the iterators
 
 
@@ -59,7 +59,9 @@ def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, resul
     extents = [_static(iv.dom.extent) for iv in iters]
     if not iters or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters) or None in extents:
         return None
-    if extents[-1] != columns or _product(extents[:-1]) != rows:
+    split = next((k for k in range(len(iters) + 1)
+                  if _product(extents[:k]) == rows and _product(extents[k:]) == columns), None)
+    if split is None:
         return None
     loads = _loads_of(store.value, result)
     variables = [iv.var for iv in iters]
@@ -71,7 +73,8 @@ def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, resul
             return None
     if not loads or any(_loads_of(index, result) for index in store.indices):
         return None
-    return Epilogue(block, list(zip(variables[:-1], extents[:-1])), variables[-1], store)
+    pairs = list(zip(variables, extents))
+    return Epilogue(block, pairs[:split], pairs[split:], store)
 
 
 def _product(values: list[int]) -> int:
@@ -81,12 +84,12 @@ def _product(values: list[int]) -> int:
     return total
 
 
-def _row_indices(row: tirx.Expr, rows: list[tuple[tirx.Var, int]]) -> dict[tirx.Var, tirx.Expr]:
-    """The epilogue's row iterators at flattened row ``row`` (row-major over their extents)."""
+def _unflatten(flat: tirx.Expr, iters: list[tuple[tirx.Var, int]]) -> dict[tirx.Var, tirx.Expr]:
+    """The iterators at flattened index ``flat`` (row-major over their extents)."""
     values: dict[tirx.Var, tirx.Expr] = {}
     stride = 1
-    for var, extent in reversed(rows):
-        value = row if stride == 1 else tirx.floordiv(row, stride)
+    for var, extent in reversed(iters):
+        value = flat if stride == 1 else tirx.floordiv(flat, stride)
         values[var] = tirx.const(0, str(var.ty.dtype)) if extent == 1 else tirx.floormod(value, extent)
         stride *= extent
     return values
@@ -108,6 +111,19 @@ def _substitute(node, values: dict, result: tirx.Buffer | None = None, element: 
     return tvm_ffi.structural_mutate(node, [(LOAD, visit_load), (tirx.Var, visit_var)])
 
 
+def _aliases(body: tirx.Stmt, buffer: tirx.Buffer) -> list[tirx.Buffer]:
+    """``buffer`` and the buffers declared on its data (``T.decl_buffer(..., data=buffer.data)``)."""
+    found = [buffer]
+
+    def visit(decl) -> None:
+        source = decl.data.args[0] if isinstance(decl.data, ir.expr.Call) and decl.data.args else None
+        if source is not None and any(source.same_as(alias) for alias in found):
+            found.append(decl.buffer)
+
+    tvm_ffi.structural_walk(body, [(tirx.DeclBuffer, visit)])
+    return found
+
+
 def _whole(buffer: tirx.Buffer) -> tirx.BufferRegion:
     return tirx.BufferRegion(buffer, [ir.Range.from_min_extent(0, size) for size in buffer.shape])
 
@@ -126,31 +142,36 @@ def fold_epilogue(sch: s_tir.Schedule, kernel_rv: s_tir.schedule.SBlockRV, epilo
     views = [match.buffer for match in kernel.match_buffers if match.source.source.same_as(result)]
     if nest is None or len(views) != 1:
         raise ValueError("the kernel does not write the product through one matched buffer")
-    view = views[0]
+    # the kernel stores through the matched buffer or through a 2-d view of its data (a conv's [F, H*W])
+    aliases = _aliases(kernel.body, views[0])
     store = epilogue.store
     rewritten = []
 
     def visit_store(node, mutator):
-        if not node.buffer.same_as(view):
+        if not any(node.buffer.same_as(alias) for alias in aliases):
             return mutator.default_mutate(node)
         if len(node.indices) != 2:
             raise ValueError("the kernel's stores are not (row, column)")
         row, column = node.indices
-        values = _row_indices(row, epilogue.rows)
-        values[epilogue.column] = column
+        values = {**_unflatten(row, epilogue.rows), **_unflatten(column, epilogue.columns)}
         values = {var: _cast(value, str(var.ty.dtype)) for var, value in values.items()}
         rewritten.append(node)
         return tirx.BufferStore(store.buffer, _substitute(store.value, values, result, node.value),
                                 [_substitute(index, values) for index in store.indices])
 
+    def visit_decl(node, mutator):  # the views of the product go with it
+        if any(node.buffer.same_as(alias) for alias in aliases):
+            return tirx.Evaluate(0)
+        return mutator.default_mutate(node)
+
     def visit_block(node, mutator):
         if node.same_as(kernel):
-            body = tvm_ffi.structural_mutate(node.body, [(tirx.BufferStore, visit_store)])
+            body = tvm_ffi.structural_mutate(node.body, [(tirx.BufferStore, visit_store), (tirx.DeclBuffer, visit_decl)])
             reads = list(node.reads) + [_whole(region.source) for region in epilogue.block.reads
                                         if not region.source.same_as(result)]
             return s_tir.SBlock(node.iter_vars, reads, [_whole(store.buffer)], node.name_hint, body, node.init,
                                 node.alloc_buffers,
-                                [match for match in node.match_buffers if not match.buffer.same_as(view)],
+                                [match for match in node.match_buffers if not match.buffer.same_as(aliases[0])],
                                 node.annotations)
         if node.same_as(func.body.block):  # the root: the int32 product is no longer allocated
             body = mutator.mutate(node.body)
