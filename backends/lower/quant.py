@@ -191,11 +191,16 @@ def lower_quant_conv(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> r
         raise ctx.error(f"quant.conv lowers 2-d convolutions only, this one has {rank} spatial dims")
     zero_point = node.attrs["x_zero_point"]
     pads = per_axis(node.attrs["pads"], 2 * rank, 0)
-    if any(pads):
+    padding = (0, 0, 0, 0)
+    if any(pads) and zero_point:
         # pad with the zero point: (x - zp) is then zero in the padding, as the reference pads
         pad_width = [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]]
         x = ctx.emit(R.nn.pad(x, pad_width, pad_value=float(zero_point)))
-    out = R.nn.conv2d(x, weight, strides=per_axis(node.attrs["strides"], rank, 1), padding=(0, 0, 0, 0),
+    elif any(pads):
+        # zero padding: the conv's own, in the conv's kernel (a separate pad was a kernel and a
+        # copy of the input of its own, 26 us of a 137 us 144-channel 56x56 depthwise conv)
+        padding = (pads[0], pads[1], pads[2], pads[3])
+    out = R.nn.conv2d(x, weight, strides=per_axis(node.attrs["strides"], rank, 1), padding=padding,
                       dilation=per_axis(node.attrs["dilations"], rank, 1), groups=node.attrs["groups"], out_dtype="int32")
     bias = _effective_bias(ctx, weight, args[2] if len(args) == 3 else None, zero_point, conv=True)
     return out if bias is None else R.add(ctx.emit(out), bias)
