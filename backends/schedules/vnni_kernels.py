@@ -116,26 +116,32 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                 with code.indent():
                     column = "panel * {width} + {offset}"
 
+                    def last_vector(v: int, ragged, whole) -> None:
+                        """``ragged()`` for the last panel's last vector of a ragged B, else ``whole()``."""
+                        if partial and v == nv - 1:
+                            code.branch(f"panel == {panels - 1}", ragged, whole)
+                        else:
+                            whole()
+
                     def weight_blocks() -> None:
                         """B's 4 x 16 block of each vector, interleaved into ``interleaved``; the
                         last vector of a ragged B through ``edge``, zero past the last column."""
                         for v in range(nv):
                             first = column.format(width=width, offset=v * LANES)
                             loads = ", ".join(f"B[k4 * 4 + {r}, T.ramp({first}, 1, {LANES})]" for r in range(4))
-                            if partial and v == nv - 1:
-                                code.line(f"if panel == {panels - 1}:")
+
+                            def edge_block(v: int = v, first: str = first) -> None:
+                                code.line(f"for r, lane in T.grid(4, {LANES}):")
                                 with code.indent():
-                                    code.line(f"for r, lane in T.grid(4, {LANES}):")
-                                    with code.indent():
-                                        code.line(f"edge[r * {LANES} + lane] = T.if_then_else({first} + lane < {columns}, "
-                                                  f"B[k4 * 4 + r, {first} + lane], T.int8(0))")
-                                    edges = ", ".join(f"edge[T.ramp({r * LANES}, 1, {LANES})]" for r in range(4))
-                                    code.line(f"{stored_block(v)} = T.Shuffle([{edges}], INTERLEAVE)")
-                                code.line("else:")
-                                with code.indent():
-                                    code.line(f"{stored_block(v)} = T.Shuffle([{loads}], INTERLEAVE)")
-                            else:
+                                    code.line(f"edge[r * {LANES} + lane] = T.if_then_else({first} + lane < {columns}, "
+                                              f"B[k4 * 4 + r, {first} + lane], T.int8(0))")
+                                edges = ", ".join(f"edge[T.ramp({r * LANES}, 1, {LANES})]" for r in range(4))
+                                code.line(f"{stored_block(v)} = T.Shuffle([{edges}], INTERLEAVE)")
+
+                            def whole_block(v: int = v, loads: str = loads) -> None:
                                 code.line(f"{stored_block(v)} = T.Shuffle([{loads}], INTERLEAVE)")
+
+                            last_vector(v, edge_block, whole_block)
 
                     # the panel's B interleaved once (and 128 * its column sums), read by every row tile
                     for v in range(nv):
@@ -171,23 +177,19 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
                         for i in range(count):
                             for v in range(nv):
                                 first = column.format(width=width, offset=v * LANES)
-                                if partial and v == nv - 1:  # the padded last vector: its real lanes only
-                                    code.line(f"if panel == {panels - 1}:")
+                                store = (f"C[{base} + {i}, {first} + lane] = "
+                                         f"acc[{(i * nv + v) * LANES} + lane] - colsum[{v * LANES} + lane]")
+
+                                def lanes(kind: str, count: int, store: str = store) -> None:
+                                    # scalar stores in a lane loop: vectorized, one vector store once
+                                    # lowered; vnni_epilogue.py rewrites them into the epilogue's stores
+                                    code.line(f"for lane in {kind}({count}):")
                                     with code.indent():
-                                        code.line(f"for lane in T.unroll({partial}):")
-                                        with code.indent():
-                                            code.line(f"C[{base} + {i}, {first} + lane] = "
-                                                      f"acc[{(i * nv + v) * LANES} + lane] - colsum[{v * LANES} + lane]")
-                                    code.line("else:")
-                                    code.depth += 1
-                                # scalar stores in a vectorized lane loop (one vector store once
-                                # lowered): vnni_epilogue.py rewrites them into the epilogue's stores
-                                code.line(f"for lane in T.vectorized({LANES}):")
-                                with code.indent():
-                                    code.line(f"C[{base} + {i}, {first} + lane] = "
-                                              f"acc[{(i * nv + v) * LANES} + lane] - colsum[{v * LANES} + lane]")
-                                if partial and v == nv - 1:
-                                    code.depth -= 1
+                                        code.line(store)
+
+                                # the padded last vector stores its real lanes only
+                                last_vector(v, lambda lanes=lanes: lanes("T.unroll", partial),
+                                            lambda lanes=lanes: lanes("T.vectorized", LANES))
 
                     _row_tiles(code, tile, tiles, mr, rest)
     return code.parse()
@@ -214,6 +216,15 @@ class KernelText:
                 text.depth -= 1
 
         return _Indent()
+
+    def branch(self, condition: str, then, otherwise) -> None:
+        """``if condition: then() else: otherwise()`` (each emits its own lines)."""
+        self.line(f"if {condition}:")
+        with self.indent():
+            then()
+        self.line("else:")
+        with self.indent():
+            otherwise()
 
     def allocate(self, names: list[str], size: int, dtype: str = "int32") -> None:
         """Buffers declared in the root block: TVM moves each into the innermost loop that holds
