@@ -16,7 +16,13 @@ transformations in the style of dlight (``ScheduleRule.apply(func, target, tunab
 * ``Attention`` (attention.py): optc's one-kernel ``nn.attention``, per block of query rows:
   scores, a lane-split softmax (vector partial maxima and sums) and the weighted sum while the
   rows are in cache, both products register-blocked;
-* ``Transpose`` (transpose.py): big standalone transposes in 8x8 blocks, parallel.
+* ``Transpose`` (transpose.py): big standalone transposes in 8x8 blocks, parallel;
+* ``RowReduction`` (rows.py): layer norm, softmax and other reductions over the innermost axis
+  of rows, with their elementwise tail: one row at a time, each reduction as vector partial
+  results (rfactor), the tail vectorized, rows parallel;
+* ``Elementwise`` (elementwise.py): the standalone injective kernels (GELU after an int8
+  product, ``dynamic_quantize``, residual adds, reshape / transpose / split copies): one pass,
+  the innermost contiguous axis vectorized, rows parallel when big enough.
 
 With ``fast_math`` (fast_math.py), float32 ``erf``/``tanh``/``exp`` calls (GELU, softmax)
 become vectorizable approximations (relative error ~1e-7) instead of scalar libm calls.
@@ -42,9 +48,11 @@ from tvm.target import Target
 from ..library import last_line
 from .attention import Attention
 from .conv import Conv2d, ConvConfig, DepthwiseConv2d
+from .elementwise import Elementwise
 from .fast_math import rewrite_fast_math
 from .matmul import Matmul, MatmulConfig
 from .quant import DynamicScale, IntegerConv2d, IntegerDepthwiseConv2d, IntegerMatmul, WeightOnlyMatmul
+from .rows import RowReduction
 from .vnni import VnniConv2d, VnniDense
 from .transpose import Transpose
 from .weights import mark_passes, pack_passes, with_packed_args
@@ -57,7 +65,8 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
     return [Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
-            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose()]
+            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose(),
+            RowReduction(), Elementwise()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None) -> tuple[tirx.PrimFunc, str] | None:
@@ -130,8 +139,10 @@ __all__ = [
     "Conv2d",
     "ConvConfig",
     "DepthwiseConv2d",
+    "Elementwise",
     "Matmul",
     "MatmulConfig",
+    "RowReduction",
     "Transpose",
     "default_rules",
     "rewrite_fast_math",
