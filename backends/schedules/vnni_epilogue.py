@@ -55,6 +55,8 @@ def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, resul
     store = block.body
     if block.init is not None or not isinstance(store, tirx.BufferStore) or store.buffer.same_as(result):
         return None
+    if any(param.same_as(result) for param in sch.mod["main"].params):
+        return None  # the product is an output of the function too: it must be stored
     iters = list(block.iter_vars)
     extents = [_static(iv.dom.extent) for iv in iters]
     if not iters or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters) or None in extents:
@@ -96,7 +98,13 @@ def _unflatten(flat: tirx.Expr, iters: list[tuple[tirx.Var, int]]) -> dict[tirx.
 
 
 def _substitute(node, values: dict, result: tirx.Buffer | None = None, element: tirx.Expr | None = None):
-    """``node`` with iterators replaced by ``values`` and loads of ``result`` by ``element``."""
+    """``node`` with iterators replaced by ``values`` and loads of ``result`` by ``element``.
+
+    Every ``Let`` gets a variable of its own (fast math binds its intermediate values): the value
+    is copied into each of the kernel's stores, and TIR allows one definition per variable.
+    """
+    values = dict(values)
+
     def visit_var(var, _mutator):
         for old, new in values.items():
             if var.same_as(old):
@@ -108,7 +116,13 @@ def _substitute(node, values: dict, result: tirx.Buffer | None = None, element: 
             return element
         return mutator.default_mutate(load)
 
-    return tvm_ffi.structural_mutate(node, [(LOAD, visit_load), (tirx.Var, visit_var)])
+    def visit_let(let, mutator):
+        bound = mutator.mutate(let.value)
+        fresh = tirx.Var(let.var.name, let.var.ty)
+        values[let.var] = fresh
+        return tirx.Let(fresh, bound, mutator.mutate(let.body))
+
+    return tvm_ffi.structural_mutate(node, [(LOAD, visit_load), (tirx.Let, visit_let), (tirx.Var, visit_var)])
 
 
 def _aliases(body: tirx.Stmt, buffer: tirx.Buffer) -> list[tirx.Buffer]:
