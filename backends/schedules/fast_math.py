@@ -76,7 +76,10 @@ def fast_exp(argument: tirx.Expr) -> tirx.Expr:
                                                          tirx.const(23, "int32")))
     value = polynomial * two_n
     value = tirx.Select(a < _const(EXP_LOW), _const(0.0), value)
-    value = tirx.Select(tirx.isnan(a), a, value)
+    # NaN: exponent all ones and a nonzero mantissa, tested on the bits; TVM's vectorizer refuses
+    # tirx.isnan (the whole loop, softmax's included, stayed scalar) and simplifies a != a to false
+    bits = tirx.bitwise_and(tirx.reinterpret("int32", a), tirx.const(0x7FFFFFFF, "int32"))
+    value = tirx.Select(bits > tirx.const(0x7F800000, "int32"), a, value)
     body = tirx.Let(n, tirx.floor(x * _const(LOG2E) + _const(0.5)), tirx.Let(r, x - n * _const(LN2_HIGH) - n * _const(LN2_LOW), value))
     clamped = tirx.max(tirx.min(a, _const(EXP_HIGH)), _const(EXP_LOW))
     return tirx.Let(a, argument, tirx.Let(x, clamped, body))
