@@ -142,9 +142,12 @@ def copy_database(directory: str | Path, destination: Path) -> list[Path]:
 
 
 def fuse_for_tuning(module: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The module as the CPU target sees it before scheduling: batch norm decomposed, ``zero`` run."""
+    """The module as the CPU target sees it before scheduling (``CpuTarget.fusion_passes``), so that
+    the tasks tuned are the kernels a compile builds."""
+    from .targets.cpu import CpuTarget  # noqa: PLC0415
+
     with target:
-        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(module)
+        return tvm.transform.Sequential(CpuTarget.fusion_passes())(module)
 
 
 def _trials_in_database(database: Any, work_dir: Path) -> dict[str, int]:

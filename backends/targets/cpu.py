@@ -207,8 +207,13 @@ class CpuTarget:
         return tuple(self.mattr)
 
     def relax_passes(self) -> list[tvm.transform.Pass]:
-        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero"), *self.tuning_passes(),
-                *self.schedule_passes()]
+        return [*self.fusion_passes(), *self.tuning_passes(), *self.schedule_passes()]
+
+    @staticmethod
+    def fusion_passes() -> list[tvm.transform.Pass]:
+        """Relax to fused PrimFuncs (TVM's ``zero`` pipeline), before any scheduling; ``optc tune``
+        extracts its tasks after the same passes."""
+        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")]
 
     def tuning_passes(self) -> list[tvm.transform.Pass]:
         """The tuned kernels of ``tuning_db`` (empty without one); they win over the default schedules."""

@@ -65,7 +65,7 @@ def scheduled_kernel(graph: Graph, **target_options: object) -> tuple[tirx.PrimF
     target = get_target("cpu", **target_options)
     module = lower_graph(graph)
     with target.tvm_target():
-        module = tvm.transform.Sequential(target.relax_passes()[:2])(module)
+        module = tvm.transform.Sequential(target.fusion_passes())(module)
     for gvar, func in module.functions_items():
         if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(("fused_conv2d", "conv2d")):
             result = schedule_func(func, target.tvm_target())

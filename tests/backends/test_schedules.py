@@ -98,7 +98,7 @@ def applied_rules(graph: Graph, **target_options: object) -> dict[str, str]:
     module = lower_graph(graph)
     schedules = ApplySchedules()
     with target.tvm_target():
-        module = tvm.transform.Sequential([*target.relax_passes()[:2], schedules])(module)
+        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(module)
     return schedules.applied
 
 
@@ -192,7 +192,7 @@ def test_attention_softmax_reductions_are_vectorized_by_lane() -> None:
     target = get_target("cpu")
     schedules = ApplySchedules()
     with target.tvm_target():
-        module = tvm.transform.Sequential([*target.relax_passes()[:2], schedules])(lower_graph(graph))
+        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(lower_graph(graph))
     assert schedules.applied == {"attention": "Attention"}
     lines = module["attention"].script().splitlines()
     for block in ("row_max_part_update", "row_sum_part_update", "row_exp", "weights"):
@@ -258,7 +258,7 @@ def test_rules_with_avx512_vectors(graph, rule: str) -> None:
 
 def test_schedules_can_be_switched_off() -> None:
     target = get_target("cpu", schedules=False)
-    assert target.schedule_passes() == [] and len(target.relax_passes()) == 2
+    assert target.schedule_passes() == [] and len(target.relax_passes()) == len(target.fusion_passes())
     assert target.describe()["schedules"] is False
     graph = linear((5,), 8, 16)
     feeds = _feeds(graph)

@@ -33,7 +33,7 @@ def scheduled(graph: Graph, **target_options: object) -> tuple[dict[str, str], t
     target = get_target("cpu", **target_options)
     schedules = ApplySchedules()
     with target.tvm_target():
-        module = tvm.transform.Sequential([*target.relax_passes()[:2], schedules])(lower_graph(graph))
+        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(lower_graph(graph))
     return schedules.applied, module
 
 
