@@ -17,6 +17,7 @@ transformations in the style of dlight (``ScheduleRule.apply(func, target, tunab
   scores, a lane-split softmax (vector partial maxima and sums) and the weighted sum while the
   rows are in cache, both products register-blocked;
 * ``Transpose`` (transpose.py): big standalone transposes in 8x8 blocks, parallel;
+* ``Pool2d`` (pool.py): max / average pooling, one padded channel plane at a time, planes parallel;
 * ``RowReduction`` (rows.py): layer norm, softmax and other reductions over the innermost axis
   of rows, with their elementwise tail: one row at a time, each reduction as vector partial
   results (rfactor), the tail vectorized, rows parallel;
@@ -51,6 +52,7 @@ from .conv import Conv2d, ConvConfig, DepthwiseConv2d
 from .elementwise import Elementwise
 from .fast_math import rewrite_fast_math
 from .matmul import Matmul, MatmulConfig
+from .pool import Pool2d
 from .quant import DynamicScale, IntegerConv2d, IntegerDepthwiseConv2d, IntegerMatmul, WeightOnlyMatmul
 from .rows import RowReduction
 from .vnni import VnniConv2d, VnniDense
@@ -65,7 +67,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
     return [Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
-            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose(),
+            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose(), Pool2d(),
             RowReduction(), Elementwise()]
 
 
@@ -142,6 +144,7 @@ __all__ = [
     "Elementwise",
     "Matmul",
     "MatmulConfig",
+    "Pool2d",
     "RowReduction",
     "Transpose",
     "default_rules",

@@ -1,4 +1,4 @@
-"""The row-reduction and elementwise CPU schedules: which kernels they take, and that they compute
+"""The row-reduction, elementwise and pooling CPU schedules: which kernels they take, and that they compute
 what the reference interpreter does.
 
 Each case is a one- or two-node graph compiled for the CPU with the schedules on. The rule that
@@ -239,3 +239,25 @@ def test_big_kernels_run_their_rows_in_parallel() -> None:
         _, module = scheduled(graph, num_cores=4)
         kernel = next(name for name, used in applied.items() if used == rule)
         assert "T.parallel" in module[kernel].script(), module[kernel].script()
+
+
+# ---- window pooling (pool.py) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op,attrs,shape", [
+    ("nn.max_pool", dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), (1, 64, 32, 32)),  # ResNet's stem pool
+    ("nn.max_pool", dict(kernel=(2, 2), strides=(2, 2)), (2, 32, 62, 62)),  # batch 2, no padding
+    ("nn.avg_pool", dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 32, 28, 28)),  # stride 1: rows vectorized
+], ids=["max_s2_padded", "max_batch2", "avg_s1_padded"])
+def test_pools_are_scheduled_per_plane_and_match_the_reference(op: str, attrs: dict, shape: tuple) -> None:
+    graph = Graph(op.split(".")[1])
+    x = graph.add_input("x", TensorType(shape, "float32"))
+    graph.outputs = [graph.op(op, x, **attrs)]
+    check(graph, "Pool2d")
+
+
+def test_small_pools_are_left_alone() -> None:
+    """Below a thread wake-up's worth of work, one plane at a time measured slower than the plain loops."""
+    graph = Graph("small_pool")
+    x = graph.add_input("x", TensorType((2, 8, 15, 15), "float32"))
+    graph.outputs = [graph.op("nn.max_pool", x, kernel=(2, 2), strides=(2, 2))]
+    assert "Pool2d" not in scheduled(graph)[0].values()
