@@ -82,6 +82,17 @@ def find_anchor(func: tirx.PrimFunc) -> Anchor | None:
     return Anchor(sch, block, producers, epilogue)
 
 
+def anchor_for(func, available: bool, max_producers: int) -> Anchor | None:
+    """``find_anchor(func)`` as the rules take it: None unless ``func`` is a PrimFunc, the rule's
+    target takes it (``available``) and it has at most ``max_producers`` producer blocks."""
+    if not isinstance(func, tirx.PrimFunc) or not available:
+        return None
+    anchor = find_anchor(func)
+    if anchor is None or len(anchor.producers) > max_producers:
+        return None
+    return anchor
+
+
 def epilogue_is_aligned(sch: s_tir.Schedule, block_rv, epilogue_rv) -> bool:
     """Whether the epilogue reads the reduction's result element for element (no reshape, no shift).
 

@@ -45,7 +45,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
-from .common import find_anchor, fitting_lanes, parallelize, static_extent, vector_lanes
+from .common import anchor_for, fitting_lanes, parallelize, static_extent, vector_lanes
 from .conv_pixels import PixelTile, reads_plane, schedule_pixels
 
 
@@ -183,10 +183,8 @@ class Conv2d(CPUScheduleRule):
         self.config = config or ConvConfig()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or len(anchor.producers) > 1:
+        anchor = anchor_for(func, self.is_target_available(target), max_producers=1)
+        if anchor is None:
             return None
         sch = anchor.sch
         block = anchor.block.block_rv
@@ -424,10 +422,8 @@ class DepthwiseConv2d(CPUScheduleRule):
         return match_depthwise(sch, block)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or len(anchor.producers) > 1:
+        anchor = anchor_for(func, self.is_target_available(target), max_producers=1)
+        if anchor is None:
             return None
         sch = anchor.sch
         block = anchor.block.block_rv

@@ -26,7 +26,7 @@ from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .common import find_anchor, fitting_lanes, parallelize, static_extent, vector_lanes
+from .common import anchor_for, fitting_lanes, parallelize, static_extent, vector_lanes
 from .weights import PACKED_ARG_ANNOTATION, weight_arg
 
 
@@ -143,10 +143,8 @@ class Matmul(CPUScheduleRule):
         self.config = config or MatmulConfig()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or anchor.producers:
+        anchor = anchor_for(func, self.is_target_available(target), max_producers=0)
+        if anchor is None:
             return None
         sch = anchor.sch
         block = anchor.block.block_rv

@@ -21,7 +21,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
-from .common import PARALLEL_MIN_WORK, find_anchor, num_cores, static_extent, vector_lanes
+from .common import PARALLEL_MIN_WORK, anchor_for, num_cores, static_extent, vector_lanes
 
 POOL_BLOCKS = ("pool_max", "pool_sum")
 
@@ -30,10 +30,8 @@ class Pool2d(CPUScheduleRule):
     """NCHW window pooling: parallel over planes, the padded plane made right before its use."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or len(anchor.producers) > 1:
+        anchor = anchor_for(func, self.is_target_available(target), max_producers=1)
+        if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
         if sch.get(block).name_hint not in POOL_BLOCKS:

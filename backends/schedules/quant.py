@@ -18,7 +18,7 @@ from tvm.target import Target
 
 from ..lower.quant import PEAK_LANES
 
-from .common import find_anchor, static_extent
+from .common import anchor_for, static_extent
 from .conv import Conv2d, DepthwiseConv2d, match_depthwise
 from .matmul import Matmul, MatmulConfig, schedule_dense
 
@@ -41,10 +41,8 @@ class WeightOnlyMatmul(Matmul):
         super().__init__(config or MatmulConfig(unroll_k=2))
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or anchor.producers:
+        anchor = anchor_for(func, self.is_target_available(target), max_producers=0)
+        if anchor is None:
             return None
         block = anchor.sch.get(anchor.block.block_rv)
         iters = list(block.iter_vars)

@@ -60,7 +60,7 @@ from tvm.script import tirx as T
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target, codegen
 
-from .common import find_anchor, num_cores, parallelize, static_extent
+from .common import anchor_for, num_cores, parallelize, static_extent
 from .conv import match_conv2d
 from .matmul import match_dense
 from .vnni_epilogue import fold_epilogue, match_epilogue
@@ -296,10 +296,8 @@ class VnniDense(CPUScheduleRule):
         self.config = config or VnniConfig()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not has_vnni(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or anchor.producers:
+        anchor = anchor_for(func, has_vnni(target), max_producers=0)
+        if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
         match = match_vnni_dense(sch, block)
@@ -396,10 +394,8 @@ class VnniConv2d(CPUScheduleRule):
         self.config = config or VnniConfig()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not has_vnni(target):
-            return None
-        anchor = find_anchor(func)
-        if anchor is None or len(anchor.producers) > 1:
+        anchor = anchor_for(func, has_vnni(target), max_producers=1)
+        if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
         found = match_vnni_conv(sch, block)
