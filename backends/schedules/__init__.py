@@ -131,6 +131,19 @@ def schedule_passes(target: Target | None = None, rules: list | None = None, fas
             *pack_passes()]
 
 
+def scheduled_kernels(graph, **target_options: object) -> tuple[dict[str, str], IRModule]:
+    """Which default rule scheduled each fused kernel of ``graph`` on the cpu target (kernel name ->
+    rule; kernels no rule took are absent), and the scheduled module, weights not yet packed."""
+    from ..lower import lower_graph  # noqa: PLC0415
+    from ..targets import get_target  # noqa: PLC0415
+
+    target = get_target("cpu", **target_options)
+    schedules = ApplySchedules()
+    with target.tvm_target():
+        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(lower_graph(graph))
+    return schedules.applied, module
+
+
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and SCHEDULED_ATTR in func.attrs and bool(func.attrs[SCHEDULED_ATTR])
 
@@ -151,4 +164,5 @@ __all__ = [
     "rewrite_fast_math",
     "schedule_func",
     "schedule_passes",
+    "scheduled_kernels",
 ]

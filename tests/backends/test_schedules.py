@@ -13,8 +13,7 @@ import pytest
 import tvm
 
 from optc.backends import compile_graph, get_target
-from optc.backends.lower import lower_graph
-from optc.backends.schedules import ApplySchedules, rewrite_fast_math
+from optc.backends.schedules import rewrite_fast_math, scheduled_kernels
 from optc.backends.schedules.matmul import MatmulConfig, _tile_shape
 from optc.backends.targets.cpu import _cpuinfo_flags
 from optc.ir import Graph, TensorType, interpret
@@ -94,12 +93,7 @@ def _feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
 
 def applied_rules(graph: Graph, **target_options: object) -> dict[str, str]:
     """Kernel name -> the rule that scheduled it, for the CPU pipeline on ``graph``."""
-    target = get_target("cpu", **target_options)
-    module = lower_graph(graph)
-    schedules = ApplySchedules()
-    with target.tvm_target():
-        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(module)
-    return schedules.applied
+    return scheduled_kernels(graph, **target_options)[0]
 
 
 def check(graph: Graph, rule: str, **target_options: object) -> None:
@@ -189,11 +183,8 @@ def test_attention_softmax_reductions_are_vectorized_by_lane() -> None:
     shape = TensorType((1, 3, 197, 64), "float32")
     q, k, v = (graph.add_input(name, shape) for name in "qkv")
     graph.outputs = [graph.op("nn.attention", q, k, v)]
-    target = get_target("cpu")
-    schedules = ApplySchedules()
-    with target.tvm_target():
-        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(lower_graph(graph))
-    assert schedules.applied == {"attention": "Attention"}
+    applied, module = scheduled_kernels(graph)
+    assert applied == {"attention": "Attention"}
     lines = module["attention"].script().splitlines()
     for block in ("row_max_part_update", "row_sum_part_update", "row_exp", "weights"):
         line = next(index for index, text in enumerate(lines) if f'T.sblock("{block}")' in text)

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import tvm
 
-from optc.backends import compile_graph, get_target
-from optc.backends.lower import lower_graph
-from optc.backends.schedules import ApplySchedules
+from optc.backends import compile_graph
+from optc.backends.schedules import scheduled_kernels
 from optc.ir import Graph, TensorType, interpret
 
 FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -30,11 +29,7 @@ FLOAT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 def scheduled(graph: Graph, **target_options: object) -> tuple[dict[str, str], tvm.IRModule]:
     """(kernel name -> rule that scheduled it, the scheduled module) for the CPU pipeline on ``graph``."""
-    target = get_target("cpu", **target_options)
-    schedules = ApplySchedules()
-    with target.tvm_target():
-        module = tvm.transform.Sequential([*target.fusion_passes(), schedules])(lower_graph(graph))
-    return schedules.applied, module
+    return scheduled_kernels(graph, **target_options)
 
 
 def feeds_for(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
 
-from optc.backends.lower import lower_graph
-from optc.backends.schedules import ApplySchedules
-from optc.backends.targets import get_target
+from optc.backends.schedules import scheduled_kernels
 from optc.ir import Graph, TensorType
 from optc.ir.ops.quant import pack_int4
 
 
 def scheduled_rules(graph: Graph) -> set[str]:
-    target = get_target("cpu", mattr=())  # without VNNI features: the VNNI rules (test_vnni.py) would win
-    module = lower_graph(graph)
-    applier = ApplySchedules()
-    with target.tvm_target():
-        module = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(module))
-        applier(module)
-    return set(applier.applied.values())
+    # without VNNI features: the VNNI rules (test_vnni.py) would win
+    return set(scheduled_kernels(graph, mattr=())[0].values())
 
 
 def test_integer_conv_matmul_and_weight_only_kernels_are_scheduled() -> None:

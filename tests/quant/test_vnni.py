@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvm import relax
+import tvm
 
 from optc.backends import compile_graph
 from optc.backends.lower import lower_graph
-from optc.backends.schedules import ApplySchedules
+from optc.backends.schedules import scheduled_kernels
 from optc.backends.schedules.vnni import VnniConfig, VnniDense
 from optc.backends.targets import cpu as cpu_target
 from optc.backends.targets import get_target
@@ -33,13 +33,7 @@ SEED = 11
 
 def applied_rules(graph: Graph, **options: object) -> list[str]:
     """The schedule rule chosen for each kernel of ``graph`` on the cpu target with ``options``."""
-    target = get_target("cpu", **options)
-    module = lower_graph(graph)
-    applier = ApplySchedules()
-    with target.tvm_target():
-        module = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(module))
-        applier(module)
-    return sorted(applier.applied.values())
+    return sorted(scheduled_kernels(graph, **options)[0].values())
 
 
 # ---- the target --------------------------------------------------------------------------------------------
@@ -147,8 +141,9 @@ def _int32_products(graph: Graph, config: VnniConfig) -> list[int]:
     """Per dense kernel of ``graph`` scheduled by VnniDense: how many int32 buffers its root allocates."""
     module = lower_graph(graph)
     counts = []
-    with get_target("cpu", **VNNI).tvm_target() as target:
-        module = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(module))
+    cpu = get_target("cpu", **VNNI)
+    with cpu.tvm_target() as target:
+        module = tvm.transform.Sequential(cpu.fusion_passes())(module)
         for _, func in module.functions_items():
             sch = VnniDense(config).apply(func, target, False) if hasattr(func, "body") else None
             if sch is not None:
