@@ -201,6 +201,22 @@ def _tensorize(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, operands: li
     return outer
 
 
+def _tensorize_folding(sch: s_tir.Schedule, anchor, operands: list, result, kernel: tirx.PrimFunc, key: str,
+                       product: tuple[int, int], config: VnniConfig, schedule_epilogue) -> s_tir.Schedule:
+    """``_tensorize`` the anchor's product by a dense kernel (a ``(rows, columns)`` product), with the
+    epilogue folded into the kernel's stores where ``match_epilogue`` allows, else scheduled as a
+    nest of its own by ``schedule_epilogue(block or None)``."""
+    epilogue = None
+    if anchor.epilogue is not None and config.fold_epilogue:
+        epilogue = match_epilogue(sch, anchor.epilogue.block_rv, result, *product)
+    if epilogue is None:
+        schedule_epilogue(anchor.epilogue.block_rv if anchor.epilogue else None)
+    outer = _tensorize(sch, anchor.block.block_rv, operands, result, kernel, key)
+    if epilogue is None:
+        return sch
+    return fold_epilogue(sch, outer, anchor.epilogue.block_rv, epilogue, result)
+
+
 def _int(value) -> int:
     return int(value.value) if hasattr(value, "value") else int(value)
 
@@ -309,16 +325,9 @@ class VnniDense(CPUScheduleRule):
                                padded=match.columns % LANES != 0)
         kernel = dense_kernel(match.rows, match.depth, match.columns, match.a_dtype == "int8", nv, mr, match.a_dtype,
                               prepacked=True)
-        epilogue = None
-        if anchor.epilogue is not None and self.config.fold_epilogue:
-            epilogue = match_epilogue(sch, anchor.epilogue.block_rv, match.result, match.rows, match.columns)
-        if epilogue is None:
-            _schedule_elementwise(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target,
-                                  match.rows * match.columns * 8)
-        outer = _tensorize(sch, block, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}packed")
-        if epilogue is not None:
-            return fold_epilogue(sch, outer, anchor.epilogue.block_rv, epilogue, match.result)
-        return sch
+        return _tensorize_folding(sch, anchor, [match.activations, weight], match.result, kernel, f"dense{nv}x{mr}packed",
+                                  (match.rows, match.columns), self.config, lambda epilogue: _schedule_elementwise(
+                                      sch, epilogue, target, match.rows * match.columns * 8))
 
 
 # ---- conv2d: NCHW, groups 1 -----------------------------------------------------------------------------------
@@ -435,15 +444,10 @@ class VnniConv2d(CPUScheduleRule):
         work = filters * pixels * 8
         for producer in anchor.producers:  # a copy of the input
             _schedule_planes(sch, producer.block_rv, target, work)
-        epilogue = None
-        if anchor.epilogue is not None and self.config.fold_epilogue:
-            epilogue = match_epilogue(sch, anchor.epilogue.block_rv, out_buffer, filters, pixels)
-        if epilogue is None:
-            _schedule_planes(sch, anchor.epilogue.block_rv if anchor.epilogue else None, target, work)
-        outer = _tensorize(sch, block, [weight, data], out_buffer, kernel, f"pointwise{nv}x{mr}")
-        if epilogue is not None:  # requantized int8 planes stored straight from the tiles
-            return fold_epilogue(sch, outer, anchor.epilogue.block_rv, epilogue, out_buffer)
-        return sch
+        # requantized int8 planes stored straight from the tiles when the epilogue folds
+        return _tensorize_folding(sch, anchor, [weight, data], out_buffer, kernel, f"pointwise{nv}x{mr}",
+                                  (filters, pixels), self.config,
+                                  lambda epilogue: _schedule_planes(sch, epilogue, target, work))
 
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"

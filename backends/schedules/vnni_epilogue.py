@@ -21,6 +21,7 @@ for element, is folded (``match_epilogue``); anything else keeps its separate lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import tvm_ffi
@@ -62,7 +63,7 @@ def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, resul
     if not iters or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters) or None in extents:
         return None
     split = next((k for k in range(len(iters) + 1)
-                  if _product(extents[:k]) == rows and _product(extents[k:]) == columns), None)
+                  if math.prod(extents[:k]) == rows and math.prod(extents[k:]) == columns), None)
     if split is None:
         return None
     loads = _loads_of(store.value, result)
@@ -77,13 +78,6 @@ def match_epilogue(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, resul
         return None
     pairs = list(zip(variables, extents))
     return Epilogue(block, pairs[:split], pairs[split:], store)
-
-
-def _product(values: list[int]) -> int:
-    total = 1
-    for value in values:
-        total *= value
-    return total
 
 
 def _unflatten(flat: tirx.Expr, iters: list[tuple[tirx.Var, int]]) -> dict[tirx.Var, tirx.Expr]:
