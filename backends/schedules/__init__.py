@@ -10,9 +10,9 @@ transformations in the style of dlight (``ScheduleRule.apply(func, target, tunab
 * ``Conv2d`` (conv.py, conv_pixels.py): 1x1 convs as tiles of channels x flat pixel vectors
   (weights read in place), others as channel tiles with weights packed at load time; epilogue
   fused; ``DepthwiseConv2d`` (conv.py): per-channel planes, rows vectorized;
-* ``VnniDense`` / ``VnniConv2d`` (vnni.py, vnni_kernels.py): int8 products on AVX-512 VNNI
-  (``vpdpbusd``) where the target has it; ``IntegerMatmul`` / ``IntegerConv2d`` /
-  ``IntegerDepthwiseConv2d`` / ``WeightOnlyMatmul`` / ``DynamicScale`` (quant.py) otherwise;
+* ``VnniDense`` / ``VnniConv2d`` (vnni.py, vnni_kernels.py), ``VnniDepthwiseConv2d``
+  (vnni_depthwise.py): int8 products on AVX-512 VNNI (``vpdpbusd``) where the target has it;
+  ``IntegerMatmul`` / ``IntegerConv2d`` / ``IntegerDepthwiseConv2d`` / ``WeightOnlyMatmul`` / ``DynamicScale`` (quant.py) otherwise;
 * ``Attention`` (attention.py): optc's one-kernel ``nn.attention``, per block of query rows:
   scores, a lane-split softmax (vector partial maxima and sums) and the weighted sum while the
   rows are in cache, both products register-blocked;
@@ -56,6 +56,7 @@ from .pool import Pool2d
 from .quant import DynamicScale, IntegerConv2d, IntegerDepthwiseConv2d, IntegerMatmul, WeightOnlyMatmul
 from .rows import RowReduction
 from .vnni import VnniConv2d, VnniDense
+from .vnni_depthwise import VnniDepthwiseConv2d
 from .transpose import Transpose
 from .weights import mark_passes, pack_passes, with_packed_args
 
@@ -67,8 +68,8 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
     return [Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
-            DepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(), Transpose(), Pool2d(),
-            RowReduction(), Elementwise()]
+            DepthwiseConv2d(), VnniDepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(),
+            Transpose(), Pool2d(), RowReduction(), Elementwise()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: Target, rules: list | None = None) -> tuple[tirx.PrimFunc, str] | None:

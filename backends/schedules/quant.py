@@ -62,7 +62,7 @@ class IntegerConv2d(Conv2d):
 
 class IntegerDepthwiseConv2d(DepthwiseConv2d):
     """The float depthwise schedule (parallel over channels, rows vectorized, taps unrolled) on
-    int8 depthwise convolutions, whose products vpdpbusd cannot take (one input channel per output)."""
+    int8 depthwise convolutions, for targets without VNNI (``vnni_depthwise.py`` takes them there)."""
 
     def matches(self, sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
         return match_depthwise(sch, block, INTEGER_OPERANDS, "int32")

@@ -43,8 +43,8 @@ K must be a multiple of 4.
   int32 result is NHWC when an epilogue follows (which transposes it in 16-pixel blocks), else
   stored NCHW lane by lane.
 
-Depthwise int8 convs cannot use vpdpbusd (one input channel per output): ``quant.py`` schedules
-them. Neither rule applies without ``+avx512vnni`` in the target (``has_vnni``); the integer
+``VnniDepthwiseConv2d`` (vnni_depthwise.py) takes depthwise int8 convs: the taps of one kernel row
+are the four bytes of a lane's dot product. None of these rules applies without ``+avx512vnni`` in the target (``has_vnni``); the integer
 schedules of ``quant.py`` are then the ones that run.
 """
 
@@ -61,7 +61,7 @@ from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target, codegen
 
 from .common import anchor_for, num_cores, parallelize, static_extent
-from .conv import match_conv2d
+from .conv import inline_copies, match_conv2d
 from .matmul import match_dense
 from .vnni_epilogue import fold_epilogue, match_epilogue
 from .vnni_kernels import LANES, ConvShape, conv_kernel, dense_kernel
@@ -407,13 +407,13 @@ class VnniConv2d(CPUScheduleRule):
         if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
-        found = match_vnni_conv(sch, block)
-        if found is None:
+        if match_vnni_conv(sch, block) is None:
             return None
-        shape, data, weight = found
+        producers = inline_copies(sch, anchor.producers)  # an unpadded input is read in place
+        shape, data, weight = match_vnni_conv(sch, block)
         out_buffer = sch.get(block).writes[0].source
         if _is_pointwise(shape):
-            return self._pointwise(sch, anchor, block, shape, data, weight, out_buffer, target)
+            return self._pointwise(sch, anchor, producers, block, shape, data, weight, out_buffer, target)
         nhwc = anchor.epilogue is not None and not any(param.same_as(out_buffer) for param in sch.mod["main"].params)
         if nhwc:
             sch.transform_layout(block, ("write", 0), lambda n, c, h, w: (n, h, w, c))
@@ -423,7 +423,7 @@ class VnniConv2d(CPUScheduleRule):
             weight = _pack_weight_at_load(sch, block, weight, target)
         kernel = conv_kernel(shape, nv, mr, nhwc, prepacked)
         work = shape.filters * shape.out[0] * shape.out[1] * 8
-        for producer in anchor.producers:  # the padding copy
+        for producer in producers:  # the padding copy
             _schedule_planes(sch, producer.block_rv, target, work)
         if anchor.epilogue is not None:
             if nhwc:
@@ -433,7 +433,8 @@ class VnniConv2d(CPUScheduleRule):
         _tensorize(sch, block, [data, weight], sch.get(block).writes[0].source, kernel, f"conv{nv}x{mr}{nhwc}")
         return sch
 
-    def _pointwise(self, sch, anchor, block, shape: ConvShape, data, weight, out_buffer, target: Target) -> s_tir.Schedule:
+    def _pointwise(self, sch, anchor, producers, block, shape: ConvShape, data, weight, out_buffer,
+                   target: Target) -> s_tir.Schedule:
         """A 1x1 stride-1 conv as ``out[F, H*W] = W[F, C] @ X[C, H*W]`` on the NCHW buffers as they are:
         the weight is the broadcast (shifted) operand, 16 pixels of 4 channels the interleaved one."""
         filters, channels = shape.filters, shape.channels
@@ -442,7 +443,7 @@ class VnniConv2d(CPUScheduleRule):
         shapes = ((filters, channels, 1, 1), tuple(shape.data), (1, filters, *shape.out))
         kernel = dense_kernel(filters, channels, pixels, True, nv, mr, "int8", shapes)
         work = filters * pixels * 8
-        for producer in anchor.producers:  # a copy of the input
+        for producer in producers:  # a copy of the input that did not inline
             _schedule_planes(sch, producer.block_rv, target, work)
         # requantized int8 planes stored straight from the tiles when the epilogue folds
         return _tensorize_folding(sch, anchor, [weight, data], out_buffer, kernel, f"pointwise{nv}x{mr}",

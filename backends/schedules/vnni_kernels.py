@@ -240,11 +240,12 @@ class KernelText:
     def vector(index: int) -> str:
         return f"T.ramp({index * LANES}, 1, {LANES})"
 
-    def parse(self) -> tirx.PrimFunc:
+    def parse(self, **constants) -> tirx.PrimFunc:
+        """The kernel; ``constants`` are names the text uses (shuffle index lists)."""
         source = "\n".join(self.lines)
         try:
             return tvm.script.parser.parse(source, extra_vars={
-                "T": T, "INTERLEAVE": INTERLEAVE, "vpdpbusd": _vpdpbusd,
+                "T": T, "INTERLEAVE": INTERLEAVE, "vpdpbusd": _vpdpbusd, **constants,
                 "SHIFT_BYTES": T.reinterpret(T.broadcast(T.int32(SHIFT), LANES), dtype="int8x64")})
         except Exception:
             logger.debug("VNNI kernel source that failed to parse:\n%s", source)

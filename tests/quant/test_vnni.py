@@ -186,20 +186,47 @@ def test_the_vnni_build_uses_vpdpbusd_and_the_plain_one_does_not() -> None:
     assert "vpdpbusd" not in sources["plain"]
 
 
-@needs_vnni_cpu
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_int8_convs_keep_the_integer_schedule_and_are_bit_exact(stride: int) -> None:
-    """vpdpbusd needs 4 input channels per output: depthwise convs take IntegerDepthwiseConv2d."""
-    rng = np.random.default_rng(SEED + stride)
+def depthwise_graph() -> tuple[Graph, dict[str, np.ndarray]]:
+    """Depthwise int8 convs of the shapes the VNNI depthwise kernel handles (stride 1 and 2, a ragged
+    7-wide plane with dilation 2, uint8 input, 3x1 taps), one requantized per channel, and a 5x5 one
+    it leaves to ``IntegerDepthwiseConv2d`` (kernel rows wider than 4 bytes)."""
+    rng = np.random.default_rng(SEED + 7)
     graph = Graph("depthwise")
-    x = graph.add_input("x", TensorType((1, 48, 18, 18), "int8"))
-    weight = graph.add_param("w", rng.integers(-127, 128, (48, 1, 3, 3)).astype(np.int8))
-    bias = graph.add_param("b", rng.integers(-5000, 5000, 48).astype(np.int32))
-    graph.outputs = [graph.op("quant.conv", x, weight, bias, groups=48, strides=(stride, stride), pads=(1, 1, 1, 1))]
-    assert applied_rules(graph, **VNNI) == ["IntegerDepthwiseConv2d"]
-    feeds = {"x": rng.integers(-128, 128, (1, 48, 18, 18)).astype(np.int8)}
-    value = graph.outputs[0].name
-    assert np.array_equal(compile_graph(graph, "cpu", **VNNI).run(feeds)[value], interpret(graph, feeds)[value])
+    feeds, outputs = {}, []
+    cases = {  # name: (input shape, dtype, kernel (h, w), attrs, requantized)
+        "s1": ((1, 48, 18, 18), "int8", (3, 3), dict(strides=(1, 1), pads=(1, 1, 1, 1)), True),
+        "s2": ((1, 32, 35, 35), "int8", (3, 3), dict(strides=(2, 2), pads=(1, 1, 1, 1)), False),
+        "dilated": ((1, 24, 7, 7), "int8", (3, 3), dict(dilations=(2, 2), pads=(2, 2, 2, 2)), True),
+        "unsigned": ((1, 16, 20, 40), "uint8", (3, 1), dict(pads=(0, 0, 0, 0)), False),
+        "wide": ((1, 16, 12, 12), "int8", (5, 5), dict(pads=(2, 2, 2, 2)), False),
+    }
+    for name, (shape, dtype, kernel, attrs, requantized) in cases.items():
+        channels = shape[1]
+        x = graph.add_input(name, TensorType(shape, dtype))
+        low = -128 if dtype == "int8" else 0
+        feeds[name] = rng.integers(low, low + 256, shape).astype(dtype)
+        weight = graph.add_param(f"{name}_w", rng.integers(-127, 128, (channels, 1, *kernel)).astype(np.int8))
+        bias = graph.add_param(f"{name}_b", rng.integers(-5000, 5000, channels).astype(np.int32))
+        out = graph.op("quant.conv", x, weight, bias, groups=channels, name=f"{name}_conv", **attrs)
+        if requantized:
+            multiplier = graph.add_param(f"{name}_m", rng.integers(1 << 29, 1 << 30, channels).astype(np.int32))
+            shift = graph.add_param(f"{name}_s", rng.integers(36, 40, channels).astype(np.int32))
+            out = graph.op("quant.requantize", out, multiplier, shift, axis=1, zero_point=-3)
+        outputs.append(out)
+    graph.outputs = outputs
+    return graph, feeds
+
+
+@needs_vnni_cpu
+def test_depthwise_int8_convs_run_on_vpdpbusd_and_are_bit_exact() -> None:
+    graph, feeds = depthwise_graph()
+    assert applied_rules(graph, **VNNI) == ["IntegerDepthwiseConv2d"] + ["VnniDepthwiseConv2d"] * 4
+    assert applied_rules(graph, **PLAIN) == ["IntegerDepthwiseConv2d"] * 5
+    want = interpret(graph, feeds)
+    for options in (VNNI, PLAIN):
+        got = compile_graph(graph, "cpu", **options).run(feeds)
+        for value in graph.outputs:
+            assert np.array_equal(got[value.name], want[value.name]), f"{options['mattr']}: {value.name}"
 
 
 def static_mlp(seed: int = 0, width: int = 64, hidden: int = 256) -> Graph:
