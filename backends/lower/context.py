@@ -22,6 +22,7 @@ class LowerContext:
         self.builder = builder
         self.symbols: dict[str, tirx.Var] = {}
         self.node: Node | None = None  # the node being lowered, for error messages
+        self.lowered: dict[int, relax.Expr] = {}  # id(graph value) -> its Relax expression, as lowered so far
 
     # ---- emitting ------------------------------------------------------------------------------
     def emit(self, expr: relax.Expr, name: str = "") -> relax.Var:
@@ -30,6 +31,10 @@ class LowerContext:
     def emit_te(self, compute: Callable[..., Any], *args: Any, name: str, **kwargs: Any) -> relax.Var:
         """Emit a TE computation as its own PrimFunc (for ops Relax has no operator for)."""
         return self.builder.emit_te(compute, *args, primfunc_name_hint=name, **kwargs)
+
+    def expr_of(self, value: Any) -> relax.Expr:
+        """The Relax expression a graph value (lowered before this node) became."""
+        return self.lowered[id(value)]
 
     def const(self, value: float | int | bool, dtype: str) -> relax.Expr:
         """A 0-d constant of ``dtype`` (always pass the dtype: relax.const narrows int64 arrays)."""

@@ -39,7 +39,7 @@ def lower_graph(graph: Graph) -> tvm.IRModule:
     _check_coverage(graph)
     builder = relax.BlockBuilder()
     ctx = LowerContext(builder)
-    lowered: dict[int, relax.Expr] = {}
+    lowered: dict[int, relax.Expr] = ctx.lowered
     params = []
     for value in function_params(graph):
         tensor_type = relax.TensorType([ctx.declare_dim(dim) for dim in value.shape], value.dtype)
@@ -54,7 +54,8 @@ def lower_graph(graph: Graph) -> tvm.IRModule:
             ctx.node = None
             result = builder.emit_output(relax.Tuple([lowered[id(value)] for value in graph.outputs]))
         builder.emit_func_output(result)
-    return builder.get()
+    # a lowering may read past a producer (quant.conv through a zero-point tensor.pad): drop what is left unused
+    return relax.transform.DeadCodeElimination()(builder.get())
 
 
 def _lower_node(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> list[relax.Var]:

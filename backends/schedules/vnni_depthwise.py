@@ -25,7 +25,7 @@ are not stored). Exact like the other VNNI kernels: bit for bit the reference's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
@@ -33,7 +33,8 @@ from tvm.target import Target
 
 from .common import anchor_for
 from .conv import inline_copies, match_depthwise
-from .vnni import VnniConfig, _linear, _int, _schedule_planes, _tensorize_folding, has_vnni
+from .vnni import VnniConfig, _int, _linear, _schedule_padding, _schedule_planes, _tensorize_folding, has_vnni
+from .vnni_epilogue import fold_prologue, match_padding
 from .vnni_kernels import LANES, KernelText
 
 BYTES = 4 * LANES  # one zmm operand
@@ -48,6 +49,9 @@ class DepthwiseShape:
     data: tuple[int, ...]  # the data buffer's shape, NCHW
     out: tuple[int, int]
     data_dtype: str
+    # (top, left, input height, input width, value): the kernel pads the data buffer's input itself
+    # (``vnni_epilogue.fold_prologue`` then makes it read the unpadded input)
+    padding: tuple[int, int, int, int, int] | None = None
 
 
 def shuffle_indices(stride: int, dilation: int, taps: int) -> list[int]:
@@ -84,10 +88,7 @@ def depthwise_kernel(shape: DepthwiseShape) -> tirx.PrimFunc:
             code.allocate(["acc"], (vectors + (partial > 0)) * LANES)
             code.line(f"for c in T.parallel({channels}):")
             with code.indent():
-                code.line(f"for y, x in T.grid({data_h}, {data_w}):")
-                with code.indent():
-                    value = "T.bitwise_xor(D[0, c, y, x], T.int8(-128))" if signed else "D[0, c, y, x]"
-                    code.line(f"shifted[y * {data_w} + x] = {value}")
+                _copy_plane(code, shape, data_h, data_w)
                 for ky in range(kernel_h):
                     quad = " | ".join(f"T.shift_left(T.bitwise_and(T.Cast(\"int32\", W[c, 0, {ky}, {j}]), 255), {8 * j})"
                                       for j in range(kernel_w))
@@ -109,6 +110,42 @@ def depthwise_kernel(shape: DepthwiseShape) -> tirx.PrimFunc:
                         with code.indent():
                             code.line(f"C[c, y * {out_w} + {v * LANES} + lane] = acc[{v * LANES} + lane] - colsum")
     return code.parse(SHUFFLE=shuffle_indices(stride_w, dilation_w, kernel_w))
+
+
+def _copy_plane(code: KernelText, shape: DepthwiseShape, data_h: int, data_w: int) -> None:
+    """``shifted = data[c] ^ 0x80`` (uint8 data as it is); with ``shape.padding``, the border bytes
+    are the pad value's and only the input's own elements are read."""
+    signed = shape.data_dtype == "int8"
+
+    def element(y: str, x: str) -> str:
+        return f"T.bitwise_xor(D[0, c, {y}, {x}], T.int8(-128))" if signed else f"D[0, c, {y}, {x}]"
+
+    def fill(rows: str, first_row: str, columns: int, first_column: str) -> None:
+        code.line(f"for y, x in T.grid({rows}, {columns}):")
+        with code.indent():
+            code.line(f"shifted[({first_row} + y) * {data_w} + {first_column} + x] = {byte}")
+
+    if shape.padding is None:
+        code.line(f"for y, x in T.grid({data_h}, {data_w}):")
+        with code.indent():
+            code.line(f"shifted[y * {data_w} + x] = {element('y', 'x')}")
+        return
+    top, left, height, width, value = shape.padding
+    byte = f"T.int8({value ^ -128})" if signed else f"T.uint8({value})"
+    rows, columns = min(height, data_h - top), min(width, data_w - left)  # the input the conv reads
+    if top:
+        fill(str(top), "0", data_w, "0")
+    if data_h > top + rows:
+        fill(str(data_h - top - rows), str(top + rows), data_w, "0")
+    code.line(f"for row in T.serial({rows}):")
+    with code.indent():
+        if left:
+            fill("1", f"{top} + row", left, "0")
+        code.line(f"for x in T.serial({columns}):")
+        with code.indent():
+            code.line(f"shifted[({top} + row) * {data_w} + {left} + x] = {element(f'row + {top}', f'x + {left}')}")
+        if data_w > left + columns:
+            fill("1", f"{top} + row", data_w - left - columns, str(left + columns))
 
 
 def match_vnni_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> tuple[DepthwiseShape, tirx.Var, tirx.Var] | None:
@@ -167,15 +204,23 @@ class VnniDepthwiseConv2d(CPUScheduleRule):
             return None
         producers = inline_copies(sch, anchor.producers)  # the input read in place when unpadded
         shape, data, weight = match_vnni_depthwise(sch, block)
+        padding = match_padding(sch, producers[0].block_rv) if len(producers) == 1 else None
+        if padding is not None and padding.block.body.buffer.same_as(data):
+            shape = replace(shape, padding=(padding.top, padding.left, padding.height, padding.width, padding.value))
+        else:
+            padding = None
+            for producer in producers:  # a copy the kernel cannot take over
+                _schedule_padding(sch, producer.block_rv, target)
         out_buffer = sch.get(block).writes[0].source
+        name = sch.get(block).name_hint
         pixels = shape.out[0] * shape.out[1]
         work = shape.channels * pixels * 8
-        for producer in producers:  # the padding copy
-            _schedule_planes(sch, producer.block_rv, target, work)
         kernel = depthwise_kernel(shape)
-        return _tensorize_folding(sch, anchor, [data, weight], out_buffer, kernel, "depthwise",
-                                  (shape.channels, pixels), self.config,
-                                  lambda epilogue: _schedule_planes(sch, epilogue, target, work))
+        sch = _tensorize_folding(sch, anchor, [data, weight], out_buffer, kernel, f"depthwise{shape.padding}",
+                                 (shape.channels, pixels), self.config,
+                                 lambda epilogue: _schedule_planes(sch, epilogue, target, work))
+        # the kernel pads the input itself: it reads the unpadded input, and the padding copy goes
+        return sch if padding is None else fold_prologue(sch, f"{name}_o", padding)
 
 
 __all__ = ["DepthwiseShape", "VnniDepthwiseConv2d", "depthwise_kernel", "match_vnni_depthwise", "shuffle_indices"]

@@ -1,4 +1,5 @@
-"""Fold an int8 product's epilogue into the VNNI dense kernel's stores: no int32 result in memory.
+"""Fold an int8 product's epilogue into the VNNI kernel's stores (no int32 result in memory), and a
+padding block into the kernel's reads (``fold_prologue``: no padded copy of the input).
 
 Without this, a dynamic-int8 linear layer writes its int32 product to a buffer as big as the
 output and a second loop nest reads it back to dequantize (and add the bias, apply GELU, ...):
@@ -194,4 +195,108 @@ def fold_epilogue(sch: s_tir.Schedule, kernel_rv: s_tir.schedule.SBlockRV, epilo
     body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
     if not rewritten:
         raise ValueError("found no store of the product in the kernel")
+    return s_tir.Schedule(func.with_body(body))
+
+
+# ---- the prologue: a padding copy read in the kernel ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Padding:
+    """A ``pad_temp`` block ``P[.., y, x] = if_then_else(inside, X[.., y - top, x - left], value)``."""
+
+    block: s_tir.SBlock
+    top: int
+    left: int
+    height: int  # X's rows and columns
+    width: int
+    value: int
+
+
+def match_padding(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> Padding | None:
+    """The producer block as a ``Padding`` of the last two axes by a constant, or None."""
+    block = sch.get(block_rv)
+    store = block.body
+    if block.init is not None or not isinstance(store, tirx.BufferStore) or len(store.indices) != 4:
+        return None
+    value = store.value
+    if not (isinstance(value, ir.expr.Call) and str(value.op.name).endswith(".if_then_else")):
+        return None
+    _, inside, outside = value.args
+    if not isinstance(inside, LOAD) or _static(outside) is None or len(inside.indices) != 4:
+        return None
+    source = inside.source
+    offsets = []
+    for position, (stored, loaded) in enumerate(zip(store.indices, inside.indices)):
+        if _static(stored) is not None:  # a unit axis
+            if _static(loaded) != _static(stored):
+                return None
+            offsets.append(0)
+            continue
+        found = _constant_difference(loaded, stored)
+        if found is None or (position < 2 and found != 0):
+            return None
+        offsets.append(-found)
+    height, width = (_static(size) for size in source.shape[2:])
+    if height is None or width is None:
+        return None
+    return Padding(block, offsets[2], offsets[3], height, width, _static(outside))
+
+
+def _constant_difference(loaded: tirx.Expr, stored: tirx.Var) -> int | None:
+    """``c`` when ``loaded`` is ``stored + c`` (``stored`` alone: 0)."""
+    from tvm.sym.pattern import detect_linear_equation  # noqa: PLC0415
+
+    found = detect_linear_equation(loaded, [stored])
+    if len(found) != 2 or _static(found[0]) != 1 or _static(found[1]) is None:
+        return None
+    return _static(found[1])
+
+
+def fold_prologue(sch: s_tir.Schedule, kernel_name: str, padding: Padding) -> s_tir.Schedule:
+    """The func with the kernel reading the padding block's source where it read the padded buffer
+    (the block's value at that element), and the padding loop nest and buffer gone. The kernel
+    must read only elements inside the source there (it writes the padding itself): the
+    ``if_then_else`` is then always true, and TVM's simplifier drops it."""
+    func = sch.mod["main"]
+    kernel = sch.get(sch.get_sblock(kernel_name))
+    producer_rv = sch.get_sblock(padding.block.name_hint)
+    producer = sch.get(producer_rv)
+    loops = sch.get_loops(producer_rv)
+    nest = sch.get(loops[0]) if loops else None
+    padded = producer.body.buffer
+    views = [match for match in kernel.match_buffers if match.source.source.same_as(padded)]
+    if nest is None or len(views) != 1:
+        raise ValueError("the kernel does not read the padded buffer through one matched buffer")
+    view, starts = views[0].buffer, [region.min for region in views[0].source.region]
+    stored = producer.body
+    iters = {iv.var: iv for iv in producer.iter_vars}
+
+    def visit_load(load, mutator):
+        if not load.source.same_as(view):
+            return mutator.default_mutate(load)
+        values = {}
+        for index, start, at in zip(load.indices, starts, stored.indices):
+            if any(at.same_as(var) for var in iters):
+                values[next(var for var in iters if at.same_as(var))] = _cast(index + start, str(at.ty.dtype))
+        return _substitute(stored.value, values)
+
+    def visit_block(node, mutator):
+        if node.same_as(kernel):
+            body = tvm_ffi.structural_mutate(node.body, [(LOAD, visit_load)])
+            reads = [region for region in node.reads if not region.source.same_as(padded)]
+            reads += [_whole(region.source) for region in producer.reads]
+            return s_tir.SBlock(node.iter_vars, reads, node.writes, node.name_hint, body, node.init,
+                                node.alloc_buffers, [match for match in node.match_buffers if not match.buffer.same_as(view)],
+                                node.annotations)
+        if node.same_as(func.body.block):
+            body = mutator.mutate(node.body)
+            return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, node.init,
+                                [buffer for buffer in node.alloc_buffers if not buffer.same_as(padded)],
+                                node.match_buffers, node.annotations)
+        return mutator.default_mutate(node)
+
+    def visit_for(node, mutator):
+        return tirx.Evaluate(0) if node.same_as(nest) else mutator.default_mutate(node)
+
+    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
     return s_tir.Schedule(func.with_body(body))

@@ -188,8 +188,9 @@ def test_the_vnni_build_uses_vpdpbusd_and_the_plain_one_does_not() -> None:
 
 def depthwise_graph() -> tuple[Graph, dict[str, np.ndarray]]:
     """Depthwise int8 convs of the shapes the VNNI depthwise kernel handles (stride 1 and 2, a ragged
-    7-wide plane with dilation 2, uint8 input, 3x1 taps), one requantized per channel, and a 5x5 one
-    it leaves to ``IntegerDepthwiseConv2d`` (kernel rows wider than 4 bytes)."""
+    7-wide plane with dilation 2, uint8 input, 3x1 taps, an explicit zero-point pad before it), some
+    requantized per channel, and a 5x5 one it leaves to ``IntegerDepthwiseConv2d`` (kernel rows
+    wider than 4 bytes)."""
     rng = np.random.default_rng(SEED + 7)
     graph = Graph("depthwise")
     feeds, outputs = {}, []
@@ -199,12 +200,17 @@ def depthwise_graph() -> tuple[Graph, dict[str, np.ndarray]]:
         "dilated": ((1, 24, 7, 7), "int8", (3, 3), dict(dilations=(2, 2), pads=(2, 2, 2, 2)), True),
         "unsigned": ((1, 16, 20, 40), "uint8", (3, 1), dict(pads=(0, 0, 0, 0)), False),
         "wide": ((1, 16, 12, 12), "int8", (5, 5), dict(pads=(2, 2, 2, 2)), False),
+        # static int8's explicit zero-point pad (tensor.pad, value -77) before the conv: the kernel pads
+        "zero_point": ((1, 32, 14, 14), "int8", (3, 3), dict(pads=(1, 2, 2, 1)), True),
     }
     for name, (shape, dtype, kernel, attrs, requantized) in cases.items():
         channels = shape[1]
         x = graph.add_input(name, TensorType(shape, dtype))
         low = -128 if dtype == "int8" else 0
         feeds[name] = rng.integers(low, low + 256, shape).astype(dtype)
+        if name == "zero_point":
+            top, left, bottom, right = attrs.pop("pads")
+            x = graph.op("tensor.pad", x, pads=(0, 0, top, left, 0, 0, bottom, right), value=-77.0)
         weight = graph.add_param(f"{name}_w", rng.integers(-127, 128, (channels, 1, *kernel)).astype(np.int8))
         bias = graph.add_param(f"{name}_b", rng.integers(-5000, 5000, channels).astype(np.int32))
         out = graph.op("quant.conv", x, weight, bias, groups=channels, name=f"{name}_conv", **attrs)
@@ -220,8 +226,9 @@ def depthwise_graph() -> tuple[Graph, dict[str, np.ndarray]]:
 @needs_vnni_cpu
 def test_depthwise_int8_convs_run_on_vpdpbusd_and_are_bit_exact() -> None:
     graph, feeds = depthwise_graph()
-    assert applied_rules(graph, **VNNI) == ["IntegerDepthwiseConv2d"] + ["VnniDepthwiseConv2d"] * 4
-    assert applied_rules(graph, **PLAIN) == ["IntegerDepthwiseConv2d"] * 5
+    # one kernel per conv: the explicit pad is the conv kernel's own (no Elementwise pad kernel)
+    assert applied_rules(graph, **VNNI) == ["IntegerDepthwiseConv2d"] + ["VnniDepthwiseConv2d"] * 5
+    assert applied_rules(graph, **PLAIN) == ["IntegerDepthwiseConv2d"] * 6
     want = interpret(graph, feeds)
     for options in (VNNI, PLAIN):
         got = compile_graph(graph, "cpu", **options).run(feeds)
