@@ -51,7 +51,7 @@ schedules of ``quant.py`` are then the ones that run.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -64,7 +64,7 @@ from .common import anchor_for, num_cores, parallelize, static_extent, vector_la
 from .conv import inline_copies, match_conv2d
 from .elementwise import schedule_injective_block
 from .matmul import match_dense
-from .vnni_epilogue import fold_epilogue, match_epilogue
+from .vnni_epilogue import fold_epilogue, fold_prologue, match_epilogue, match_padding
 from .vnni_kernels import LANES, ConvShape, conv_kernel, dense_kernel
 
 
@@ -430,17 +430,25 @@ class VnniConv2d(CPUScheduleRule):
         prepacked = shape.filters % LANES == 0 and shape.channels % 4 == 0
         if prepacked:
             weight = _pack_weight_at_load(sch, block, weight, target)
+        padding = match_padding(sch, producers[0].block_rv) if len(producers) == 1 else None
+        if padding is not None and padding.block.body.buffer.same_as(data):
+            shape = replace(shape, padding=(padding.top, padding.left, padding.height, padding.width, padding.value))
+        else:
+            padding = None
+            for producer in producers:  # a copy the kernel cannot take over
+                _schedule_padding(sch, producer.block_rv, target)
         kernel = conv_kernel(shape, nv, mr, nhwc, prepacked)
         work = shape.filters * shape.out[0] * shape.out[1] * 8
-        for producer in producers:  # the padding copy
-            _schedule_padding(sch, producer.block_rv, target)
+        name = sch.get(block).name_hint
         if anchor.epilogue is not None:
             if nhwc:
                 _schedule_transposed_epilogue(sch, anchor.epilogue.block_rv, target, work)
             else:
                 _schedule_planes(sch, anchor.epilogue.block_rv, target, work)
-        _tensorize(sch, block, [data, weight], sch.get(block).writes[0].source, kernel, f"conv{nv}x{mr}{nhwc}")
-        return sch
+        _tensorize(sch, block, [data, weight], sch.get(block).writes[0].source, kernel,
+                   f"conv{nv}x{mr}{nhwc}{shape.padding}")
+        # the kernel pads the input while rearranging it: it reads the unpadded input, the padding copy goes
+        return sch if padding is None else fold_prologue(sch, f"{name}_o", padding)
 
     def _pointwise(self, sch, anchor, producers, block, shape: ConvShape, data, weight, out_buffer,
                    target: Target) -> s_tir.Schedule:

@@ -42,6 +42,9 @@ class ConvShape:
     data: tuple[int, ...]  # the (padded) input buffer's shape, NCHW
     out: tuple[int, int]  # output H, W
     data_dtype: str
+    # (top, left, input height, input width, value): the kernel pads the input itself while it
+    # rearranges it (``vnni_epilogue.fold_prologue`` then makes it read the unpadded input)
+    padding: tuple[int, int, int, int, int] | None = None
 
 
 def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr: int,
@@ -310,6 +313,11 @@ def conv_kernel(shape: ConvShape, nv: int, mr: int, nhwc: bool, prepacked: bool 
                     with code.indent():
                         value = f"T.bitwise_xor(D[0, c, y, x], T.int8(-128))" if signed else "D[0, c, y, x]"
                         zero = "T.int8(0)" if signed else "T.uint8(0)"
+                        if shape.padding is not None:
+                            top, left, height, width, pad = shape.padding
+                            byte = f"T.int8({pad ^ -128})" if signed else f"T.uint8({pad})"
+                            inside = f"{top} <= y and y < {top + height} and {left} <= x and x < {left + width}"
+                            value = f"T.if_then_else({inside}, {value}, {byte})"
                         if depth != channels:
                             value = f"T.if_then_else(c < {channels}, {value}, {zero})"
                         code.line(f"pixels[(y * {data_w} + x) * {depth} + c] = {value}")
