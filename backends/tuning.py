@@ -10,6 +10,11 @@ candidate). Tuning is per task (one fused PrimFunc of TVM's ``zero`` pipeline) a
 the trials a task already has in the database count towards ``trials``, so a second run with
 the same directory only tunes what is missing.
 
+Which kernels a compile takes from the database is decided per kernel from the state file
+(``optc_tuning_state.json``): by the in-model times ``validate_in_model`` (``tuning_validation``)
+measures at the end of ``tune_graph`` where it has them, else by the isolated times of optc's
+default schedule and the best candidate.
+
 TVM 0.27 workarounds (see TVM_NOTES "MetaSchedule"): the builder uses ``build_kernel`` below
 instead of MetaSchedule's default (whose workers import ``tvm.s_tir.tensor_intrin`` for a minute
 and time out); tasks are extracted after ``zero`` (fusion), or there are none; the database is
@@ -41,6 +46,10 @@ DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 # trials (a plain reshape has one candidate) has fewer records than asked, and is still done
 STATE_FILE = "optc_tuning_state.json"
 BUILD_TIMEOUT_S = 60.0
+# a tuned kernel must be this much faster in the model than optc's default to replace it: smaller
+# differences are within the run-to-run noise of the per-kernel medians
+IN_MODEL_MARGIN = 0.03
+MODEL_TIMES = ("model_default_ms", "model_tuned_ms")
 
 Progress = Callable[[str], None]
 
@@ -76,6 +85,7 @@ class TaskResult:
     trials_run: int
     best_ms: float | None
     seconds: float
+    key: str = ""  # the workload's key in the state file
 
 
 @dataclass
@@ -84,6 +94,8 @@ class TuneSummary:
     trials_per_task: int
     tasks: list[TaskResult] = field(default_factory=list)
     seconds: float = 0.0
+    validation: Any = None  # tuning_validation.ModelValidation after tune_graph's in-model validation
+    validation_skipped: str | None = None  # why there is none
 
     @property
     def trials_run(self) -> int:
@@ -182,6 +194,17 @@ def _note_finished(work_dir: Path, finished: dict[str, tuple[str, int]]) -> None
     _write_state(work_dir, state)
 
 
+def _forget_model_times(work_dir: Path, keys: set[str]) -> None:
+    """Drop the in-model times of kernels about to get more trials: they judged the old best candidate."""
+    state = _read_state(work_dir)
+    changed = False
+    for key in keys & set(state):
+        for name in MODEL_TIMES:
+            changed = state[key].pop(name, None) is not None or changed
+    if changed:
+        _write_state(work_dir, state)
+
+
 def _note_defaults(work_dir: Path, defaults: dict[str, tuple[str, float]]) -> None:
     state = _read_state(work_dir)
     for key, (name, milliseconds) in defaults.items():
@@ -259,10 +282,12 @@ def tune_module(
             _note_defaults(work_dir, _measure_defaults(unmeasured, target, builder, runner, _weight_args(fused)))
         except Exception as error:  # without a default time the tuned kernel simply wins
             logger.warning("could not measure optc's default schedules: %s", " ".join(str(error).split())[-300:])
+    _forget_model_times(work_dir, {str(structural_hash(task.dispatched[0])) for task, _, missing in pending if missing})
     meter = _ProgressMeter(total_missing, say)
     for index, (task, before, missing) in enumerate(pending, 1):
         if missing == 0:
-            summary.tasks.append(TaskResult(task.task_name, int(task.weight), before, 0, _best_ms(database, task), 0.0))
+            summary.tasks.append(TaskResult(task.task_name, int(task.weight), before, 0, _best_ms(database, task), 0.0,
+                                            str(structural_hash(task.dispatched[0]))))
             say(f"task {index}/{len(tasks)} {task.task_name}: {before} trials in the database, skipped")
     # one MetaSchedule run per distinct number of missing trials (one run when nothing was tuned before):
     # every run restarts builder pools and cost model, which costs seconds per run
@@ -288,7 +313,8 @@ def tune_module(
         for _, task, before in group:
             summary.tasks.append(TaskResult(task.task_name, int(task.weight), before,
                                             meter.counts.get(task.task_name, 0),
-                                            _best_ms(database, task), meter.seconds.get(task.task_name, 0.0)))
+                                            _best_ms(database, task), meter.seconds.get(task.task_name, 0.0),
+                                            str(structural_hash(task.dispatched[0]))))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -401,14 +427,21 @@ class ApplyTuningDatabase:
 
     Before: fused PrimFuncs from ``zero``, unscheduled. After: the tuned ones carry MetaSchedule's
     best schedule and ``tirx.is_scheduled``, so optc's default schedules leave them alone and
-    schedule only the rest. A kernel whose optc default schedule measured faster during tuning
-    (``default_ms`` in the state file) keeps the default: small budgets lose to it. ``applied`` lists the tuned function names of the last run.
+    schedule only the rest. A kernel keeps optc's default schedule where the state file says it is
+    faster: by the in-model times (``model_default_ms``/``model_tuned_ms``, the tuned one must win
+    by ``IN_MODEL_MARGIN``) where it has them, else by the isolated ``default_ms`` against the best
+    candidate. ``choose=False`` applies every tuned kernel (the build in-model validation times).
+    ``applied`` lists the tuned function names of the last run, ``kept_default`` the ones left to
+    optc's default, ``keys`` maps both to their workload's key in the state file.
     """
 
-    def __init__(self, database_dir: str | Path) -> None:
+    def __init__(self, database_dir: str | Path, *, choose: bool = True) -> None:
         self.database_dir = Path(database_dir)
+        self.choose = choose
         self.applied: list[str] = []
-        self.kept_default: list[str] = []  # in the database, but optc's default schedule measured faster
+        self.kept_default: list[str] = []  # in the database, but optc's default schedule is faster
+        self.by_model_times: list[str] = []  # the kernels of both lists decided by in-model times
+        self.keys: dict[str, str] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         from tvm.s_tir.meta_schedule.tune_context import _normalize_mod  # noqa: PLC0415  (as tuning normalizes)
@@ -417,7 +450,7 @@ class ApplyTuningDatabase:
         target = tvm.target.Target.current(allow_none=False)
         database = open_database(self.database_dir, create=False)
         state = _read_state(self.database_dir)
-        self.applied, self.kept_default = [], []
+        self.applied, self.kept_default, self.by_model_times, self.keys = [], [], [], {}
         updates = {}
         try:
             for gvar, func in mod.functions_items():
@@ -430,8 +463,12 @@ class ApplyTuningDatabase:
                 if record is None or not record.run_secs:
                     continue
                 tuned_ms = 1e3 * sum(float(t) for t in record.run_secs) / len(record.run_secs)
-                default_ms = state.get(str(structural_hash(record.workload.mod)), {}).get("default_ms")
-                if default_ms is not None and float(default_ms) <= tuned_ms:
+                key = str(structural_hash(record.workload.mod))
+                self.keys[gvar.name_hint] = key
+                entry = state.get(key, {})
+                if self.choose and all(name in entry for name in MODEL_TIMES):
+                    self.by_model_times.append(gvar.name_hint)
+                if self.choose and default_is_faster(entry, tuned_ms):
                     self.kept_default.append(gvar.name_hint)
                     continue
                 schedule = database.query_schedule(workload_mod, target, "main")
@@ -445,10 +482,21 @@ class ApplyTuningDatabase:
             raise LoweringError(f"applying the tuning database {self.database_dir} failed: {error}") from error
         for gvar, func in updates.items():
             mod[gvar] = func
-        logger.info("tuning database %s: %d tuned kernel(s) applied: %s; %d kept optc's faster default schedule: %s",
-                    self.database_dir, len(self.applied), ", ".join(self.applied), len(self.kept_default),
-                    ", ".join(self.kept_default))
+        logger.info("tuning database %s: %d tuned kernel(s) applied: %s; %d kept optc's faster default schedule: %s "
+                    "(%d decided by in-model times, the rest by isolated times)", self.database_dir,
+                    len(self.applied), ", ".join(self.applied), len(self.kept_default), ", ".join(self.kept_default),
+                    len(self.by_model_times))
         return mod
+
+
+def default_is_faster(entry: dict[str, Any], tuned_ms: float) -> bool:
+    """Whether a kernel keeps optc's default schedule, from its state ``entry`` and the best candidate's
+    isolated ``tuned_ms``: in-model times decide where validation measured them (the tuned kernel must
+    be ``IN_MODEL_MARGIN`` faster), else the isolated default time (the tuned one must be faster)."""
+    if all(name in entry for name in MODEL_TIMES):
+        return not float(entry["model_tuned_ms"]) < float(entry["model_default_ms"]) * (1 - IN_MODEL_MARGIN)
+    default_ms = entry.get("default_ms")
+    return default_ms is not None and float(default_ms) <= tuned_ms
 
 
 def _with_attrs_of(tuned: Any, original: Any) -> Any:
@@ -467,7 +515,8 @@ def _is_scheduled(func: Any) -> bool:
 
 
 __all__ = ["ApplyTuningDatabase", "RpcSettings", "TaskResult", "TuneSummary", "TuningError", "build_kernel",
-           "check_requirements", "copy_database", "database_files", "open_database", "tune_graph", "tune_module"]
+           "check_requirements", "copy_database", "database_files", "default_is_faster", "open_database", "tune_graph",
+           "tune_module"]
 
 
 def tune_graph(
@@ -480,10 +529,26 @@ def tune_graph(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> TuneSummary:
-    """Tune an optc Graph (after its passes: compile it with the same pipeline) for the cpu target."""
+    """Tune an optc Graph (after its passes: compile it with the same pipeline) for the cpu target,
+    then validate the tuned kernels inside the model (``validate_in_model``; not with ``rpc``, whose
+    candidates ran on another device): the state file gets their in-model times, which decide what
+    ``optc compile --db`` takes. Validation also runs when every task was already tuned."""
     from .lower import lower_graph  # noqa: PLC0415
     from .targets import get_target  # noqa: PLC0415
+    from .tuning_validation import validate_in_model  # noqa: PLC0415
 
+    say = progress or logger.info
     target = get_target("cpu", **dict(target_options or {}))
-    return tune_module(lower_graph(graph), target.tvm_target(), database_dir, trials, rpc=rpc, seed=seed,
-                       progress=progress)
+    summary = tune_module(lower_graph(graph), target.tvm_target(), database_dir, trials, rpc=rpc, seed=seed,
+                          progress=progress)
+    if rpc is not None:
+        summary.validation_skipped = "--rpc: the candidates were measured on the remote device, the model runs here"
+        say(f"skipping in-model validation ({summary.validation_skipped}); compile --db uses the isolated times")
+        return summary
+    try:
+        summary.validation = validate_in_model(graph, target, database_dir, progress=say)
+    except Exception as error:  # noqa: BLE001  the tuning records stand; compile --db falls back to isolated times
+        summary.validation_skipped = f"in-model validation failed: {' '.join(str(error).split())[-300:]}"
+        logger.warning("%s", summary.validation_skipped)
+        say(f"{summary.validation_skipped}; compile --db uses the isolated times")
+    return summary

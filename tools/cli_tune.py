@@ -4,7 +4,9 @@
     optc compile --example resnet18 --db tuned/resnet18 -o out/resnet18-tuned
 
 Run it again with the same ``--db`` after an interruption or with more ``--trials``: kernels
-that already have their trials are skipped. ``--rpc HOST:PORT --key NAME`` measures candidates
+that already have their trials are skipped. At the end the tuned kernels are timed inside the
+compiled model against optc's default schedules (both builds alternating); a kernel is used
+tuned only where it won there. ``--rpc HOST:PORT --key NAME`` measures candidates
 on the devices an RPC tracker lends under NAME (builds stay on this machine).
 """
 
@@ -40,11 +42,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     summary = tune_graph(graph, args.db, args.trials, rpc=rpc, seed=args.seed, progress=say)
     print(f"tuned {len(summary.tasks)} kernels in {summary.seconds:.1f} s: {summary.trials_run} trials run, "
           f"{summary.trials_skipped} skipped (already in {args.db})")
+    validated = summary.validation.by_key() if summary.validation is not None else {}
     for task in summary.tasks:
         best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no valid candidate"
-        print(f"  {task.name:<48} x{task.weight:<3} {task.trials_before + task.trials_run:>4} trials  best {best}")
+        kernel = validated.get(task.key)
+        in_model = "" if kernel is None else (
+            f"  in model: default {kernel.default_ms:.4f} ms, tuned {kernel.tuned_ms:.4f} ms -> uses "
+            f"{'tuned' if kernel.uses_tuned else 'default'}")
+        trials = task.trials_before + task.trials_run
+        print(f"  {task.name:<48} x{task.weight:<3} {trials:>4} trials  best {best}{in_model}")
+    print(_validation_line(summary))
     print(f"database: {args.db} (use it with 'optc compile ... --db {args.db}')")
     return 0
+
+
+def _validation_line(summary: Any) -> str:
+    validation = summary.validation
+    if validation is None:
+        return f"in-model validation skipped: {summary.validation_skipped}"
+    if not validation.kernels:
+        return "in-model: no tuned kernel of this model runs in it (nothing to validate)"
+    return (f"in-model: {validation.tuned_used} tuned kernels used, {validation.default_kept} keep optc's default; "
+            f"model {validation.default_total_ms:.3f} ms default-only vs {validation.chosen_total_ms:.3f} ms "
+            f"with the chosen kernels ({validation.all_tuned_total_ms:.3f} ms with every tuned kernel)")
 
 
 def register_tune(sub: Any) -> None:

@@ -5,9 +5,10 @@ TVM's tensor intrinsics) feeds every test: the compiled output with the database
 reference interpreter, the tuned kernel is the one compiled, the artifact keeps the database
 files with their hashes, and a second run with the same directory tunes nothing.
 
-Two trials do not beat optc's default conv schedule, which tuning measures too; so the round
-trip uses a copy of the database whose recorded default time is made slow, which is what a
-real tuning budget produces on big kernels.
+Two trials do not beat optc's default conv schedule, which tuning measures too (in isolation, and
+inside the compiled model at the end of 'optc tune'); so the round trip uses a copy of the
+database whose recorded default times are made slow, which is what a real tuning budget produces
+on big kernels.
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def test_tune_writes_a_database_of_files(tuned: tuple[Path, Path, str]) -> None:
 
 def _database_where_tuning_won(database: Path, destination: Path) -> Path:
     """A copy of ``database`` whose recorded default-schedule times are all slower than any candidate."""
+    return _database_with_times(database, destination, default_ms=1e6, model_times=None)
+
+
+def _database_with_times(database: Path, destination: Path, default_ms: float,
+                         model_times: tuple[float, float] | None) -> Path:
+    """A copy of ``database`` whose state gives every kernel the isolated ``default_ms`` and the in-model
+    ``model_times`` (default, tuned; None: no in-model times)."""
     import json
     import shutil
 
@@ -89,9 +97,77 @@ def _database_where_tuning_won(database: Path, destination: Path) -> Path:
     state_path = destination / "optc_tuning_state.json"
     state = json.loads(state_path.read_text())
     for entry in state.values():
-        entry["default_ms"] = 1e6
+        entry["default_ms"] = default_ms
+        entry.pop("model_default_ms", None)
+        entry.pop("model_tuned_ms", None)
+        if model_times is not None:
+            entry["model_default_ms"], entry["model_tuned_ms"] = model_times
     state_path.write_text(json.dumps(state))
     return destination
+
+
+def _fused_tiny_conv(model: Path):
+    from optc import compiler
+    from optc.backends import get_target
+    from optc.backends.lower import lower_graph
+    from optc.backends.tuning import fuse_for_tuning
+    from optc.passes import PassManager
+
+    graph = compiler.load(model)
+    PassManager(compiler.DEFAULT_PIPELINE, verify=True, check_numerics=False).run(graph)
+    target = get_target("cpu").tvm_target()
+    return fuse_for_tuning(lower_graph(graph), target), target
+
+
+def test_tune_times_the_tuned_kernels_inside_the_model(tuned: tuple[Path, Path, str]) -> None:
+    """The end of 'optc tune' times each tuned kernel in the compiled model, default vs tuned, into the state."""
+    import json
+
+    _, database, output = tuned
+    state = json.loads((database / "optc_tuning_state.json").read_text())
+    conv = [entry for entry in state.values() if entry.get("task") == TUNED_CONV]
+    assert len(conv) == 1
+    assert conv[0]["model_default_ms"] > 0 and conv[0]["model_tuned_ms"] > 0
+    assert f"{TUNED_CONV} " in output and "in model: default" in output
+    summary = [line for line in output.splitlines() if line.startswith("in-model:")]
+    assert summary and "default-only vs" in summary[0], output
+
+
+@pytest.mark.parametrize(("default_ms", "model_times", "uses_tuned"), [
+    (1e6, (1.0, 2.0), False),   # isolated: tuned faster; in the model the default is: default kept
+    (0.0, (2.0, 1.0), True),    # isolated: default faster; in the model the tuned one is: tuned used
+    (1e6, (1.0, 0.99), False),  # tuned 1% faster in the model: within the noise margin, default kept
+])
+def test_in_model_times_decide_which_schedule_is_compiled(tuned: tuple[Path, Path, str], tmp_path: Path,
+                                                          default_ms: float, model_times: tuple[float, float],
+                                                          uses_tuned: bool) -> None:
+    from optc.backends.tuning import ApplyTuningDatabase
+
+    model, measured_database, _ = tuned
+    database = _database_with_times(measured_database, tmp_path / "db", default_ms, model_times)
+    fused, target = _fused_tiny_conv(model)
+    apply = ApplyTuningDatabase(database)
+    with target:
+        apply(fused)
+    assert TUNED_CONV in apply.by_model_times
+    assert (TUNED_CONV in apply.applied) == uses_tuned
+    assert (TUNED_CONV in apply.kept_default) != uses_tuned
+
+
+def test_compile_with_kernels_chosen_in_the_model_matches_the_reference(tuned: tuple[Path, Path, str],
+                                                                        tmp_path: Path) -> None:
+    from optc import compiler
+    from optc.ir.interpret import interpret, sample_inputs
+
+    model, measured_database, _ = tuned
+    for name, model_times in (("tuned", (2.0, 1.0)), ("default", (1.0, 2.0))):
+        database = _database_with_times(measured_database, tmp_path / name, 0.0, model_times)
+        artifact = compiler.compile(str(model), db=str(database), check=False)
+        feeds = sample_inputs(artifact.graph, seed=1)
+        expected = interpret(artifact.graph, feeds)
+        actual = artifact.run(feeds)
+        for output, value in expected.items():
+            np.testing.assert_allclose(actual[output], value, **TOLERANCE)
 
 
 def test_compile_with_db_in_a_fresh_process_applies_the_tuned_kernel(tuned: tuple[Path, Path, str], tmp_path: Path) -> None:
@@ -179,6 +255,22 @@ def test_second_run_with_the_same_database_skips_finished_work(tuned: tuple[Path
     output = _run_cli(["tune", str(model), "--trials", str(TRIALS), "--db", str(database), "-q"])
     assert "0 trials run" in output and "skipped" in output
     assert hashlib.sha256(records.read_bytes()).hexdigest() == before
+    assert "in-model:" in output  # an already tuned database is validated in the model again
+
+
+def test_more_trials_drop_the_in_model_times_of_that_kernel(tmp_path: Path) -> None:
+    """In-model times judged the old best candidate: a task that gets more trials must be validated again."""
+    import json
+
+    from optc.backends.tuning import STATE_FILE, _forget_model_times
+
+    state = {"1": {"task": "a", "trials": 2, "default_ms": 0.5, "model_default_ms": 0.4, "model_tuned_ms": 0.3},
+             "2": {"task": "b", "trials": 2, "model_default_ms": 0.4, "model_tuned_ms": 0.3}}
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    _forget_model_times(tmp_path, {"1"})
+    after = json.loads((tmp_path / STATE_FILE).read_text())
+    assert after["1"] == {"task": "a", "trials": 2, "default_ms": 0.5}
+    assert after["2"] == state["2"]
 
 
 def test_compile_db_refuses_a_directory_without_a_database(tuned: tuple[Path, Path, str], tmp_path: Path) -> None:
@@ -219,6 +311,7 @@ def test_rpc_tuning_through_a_loopback_tracker_and_server(tuned: tuple[Path, Pat
         server.terminate()
         tracker.terminate()
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "in-model validation skipped: --rpc" in result.stdout  # the model runs here, the candidates ran there
     records = open_database(database, create=False).get_all_tuning_records()
     measured = [record for record in records if record.run_secs and all(float(t) < 1e9 for t in record.run_secs)]
     assert measured, "no candidate was measured through the RPC server"
