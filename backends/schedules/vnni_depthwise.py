@@ -11,16 +11,23 @@ so a 3x3 conv is three ``vpdpbusd`` per 16 output pixels. The 64 bytes of one su
 one byte shuffle (``vpermb`` with AVX512-VBMI) of 64 consecutive input bytes: byte ``4x + j`` is
 input column ``x*s + j*d``. Per call, parallel over channels::
 
-    shifted[c] = data[c] ^ 0x80                       # signed int8 -> uint8, the plane contiguous
+    shifted = data[c] ^ 0x80, padded         # signed int8 -> uint8; border bytes = pad value's
     taps[ky] = broadcast(w[c, ky, 0..KW-1], 0...)      # 4 bytes, 16 times
     for each output row y, each 16-pixel vector x0 (unrolled along the row):
         acc = sum_ky vpdpbusd(acc, shuffle(shifted[c, row y*s + ky*d, from x0*s]), taps[ky])
         out[c, y, x0:x0+16] = acc - 128 * sum(w[c])   # the real lanes of a ragged last vector
 
 The stores are ``out[c, y * OW + x]`` on a ``[C, OH * OW]`` view, the form ``vnni_epilogue.py``
-folds the requantize into. The shifted planes have 64 bytes of slack after the last one, so the
-last vector's load stays inside the buffer (lanes past the row read the next row; their results
-are not stored). Exact like the other VNNI kernels: bit for bit the reference's int32 sums.
+folds the requantize into. The shifted plane (one per thread) has 64 bytes of slack after it, so
+the last vector's load stays inside the buffer (lanes past the row read the next row or the
+slack; their results are not stored). A padding block before the conv (zero padding, or static
+int8's zero point) is taken over: the copy writes the border bytes itself and
+``vnni_epilogue.fold_prologue`` makes it read the unpadded input. Exact like the other VNNI
+kernels: bit for bit the reference's int32 sums.
+
+Measured on MobileNetV2's 17 depthwise convs (1 thread, each with its requantize): 1.0 ms with
+``IntegerDepthwiseConv2d`` -> 0.38 ms (112-wide stride-1 rows ~86 GMAC/s for the product alone;
+14- and 7-wide planes 20-30 GMAC/s, where the per-channel copy and epilogue dominate).
 """
 
 from __future__ import annotations

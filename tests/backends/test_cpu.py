@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from optc.backends import CompiledModel, available_targets, compile_graph, get_target, load_compiled
-from optc.backends.targets.cpu import X86_LEVELS, CpuTarget, detect_host_mcpu, host_core_count
+from optc.backends.targets.cpu import SPIN_COUNT, X86_LEVELS, CpuTarget, detect_host_mcpu, host_core_count
 from optc.errors import ArtifactError, InputError, LoweringError
 from optc.ir import Graph, TensorType, interpret
 from optc.ir.graph import Value
@@ -260,31 +260,37 @@ def test_graph_rewrites_after_compiling_do_not_change_the_model() -> None:
     np.testing.assert_array_equal(next(iter(out.values())), -np.ones(3, np.float32))
 
 
-def _threads_after_a_run(environment: dict[str, str]) -> tuple[int, int]:
-    """(TVM's thread count, host_core_count()) in a fresh process that compiled and ran a model."""
+def _threads_after_a_run(environment: dict[str, str]) -> tuple[int, int, str]:
+    """(TVM's thread count, host_core_count(), the pool's spin count setting) in a fresh process
+    that compiled and ran a model."""
     script = (
-        "import numpy as np, tvm\n"
+        "import os, numpy as np, tvm\n"
         "from optc.ir import Graph, TensorType\n"
         "from optc.backends import compile_graph\n"
         "from optc.backends.targets.cpu import host_core_count\n"
         "g = Graph(); x = g.add_input('x', TensorType((64, 64), 'float32'))\n"
         "g.outputs = [g.op('nn.linear', x, g.add_param('w', np.ones((64, 64), np.float32)))]\n"
         "compile_graph(g, 'cpu').run({'x': np.ones((64, 64), np.float32)})\n"
-        "print(tvm.get_global_func('runtime.NumThreads')(), host_core_count())\n"
+        "print(tvm.get_global_func('runtime.NumThreads')(), host_core_count(),"
+        " os.environ.get('TVM_THREAD_POOL_SPIN_COUNT'))\n"
     )
-    keep = {key: value for key, value in os.environ.items() if key not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    keep = {key: value for key, value in os.environ.items()
+            if key not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")}
     done = subprocess.run([sys.executable, "-c", script], env={**keep, **environment}, capture_output=True, text=True,
                           timeout=300, check=True)
-    threads, cores = done.stdout.split()[-2:]
-    return int(threads), int(cores)
+    threads, cores, spin = done.stdout.split()[-3:]
+    return int(threads), int(cores), spin
 
 
 def test_compiled_models_use_every_core_unless_the_user_says_otherwise() -> None:
-    """TVM alone uses half the logical CPUs on x86 (one of this VM's two cores); optc sets the pool to
-    the physical cores, and TVM_NUM_THREADS still wins when given."""
-    threads, cores = _threads_after_a_run({})
+    """TVM alone uses half the logical CPUs on x86 (one of this VM's two cores) and spins ~150 ms after
+    each parallel kernel; optc sets the pool to the physical cores and a bounded spin, and the
+    user's TVM_NUM_THREADS / TVM_THREAD_POOL_SPIN_COUNT still win when given."""
+    threads, cores, spin = _threads_after_a_run({})
     assert threads == cores
-    assert _threads_after_a_run({"TVM_NUM_THREADS": "1"})[0] == 1
+    assert spin == str(SPIN_COUNT)  # bounded spin-waiting, not TVM's ~150 ms per parallel kernel
+    threads, _, spin = _threads_after_a_run({"TVM_NUM_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0"})
+    assert (threads, spin) == (1, "0")
 
 
 def test_host_core_count_counts_physical_cores_in_the_affinity_mask() -> None:
