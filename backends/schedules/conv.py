@@ -147,7 +147,7 @@ def match_conv2d(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV, operand
 
 def _wide_penalty(vectors: int) -> float:
     """Measured: tiles 4+ vectors wide ran slower than the load count predicts (3x4 half of 6x2)."""
-    return 0.8 if vectors >= 4 else 1.0
+    return 0.7 if vectors >= 4 else 1.0
 
 
 def _tile_shape(width: int, channels: int, lanes: int, config: ConvConfig) -> tuple[int, int]:
