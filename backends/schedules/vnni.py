@@ -64,7 +64,7 @@ from .common import anchor_for, num_cores, parallelize, static_extent, vector_la
 from .conv import inline_copies, match_conv2d
 from .elementwise import schedule_injective_block
 from .matmul import match_dense
-from .vnni_epilogue import fold_epilogue, fold_prologue, match_epilogue, match_padding
+from .vnni_epilogue import Padding, fold_epilogue, fold_prologue, match_epilogue, match_padding
 from .vnni_kernels import LANES, ConvShape, conv_kernel, dense_kernel
 
 
@@ -160,6 +160,17 @@ def _schedule_padding(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, targe
     ``_schedule_planes`` fused rows and columns, so every lane divided its flat index back into a
     row and a column: 3 ms for MobileNetV2's first 32 x 114 x 114 depthwise input."""
     schedule_injective_block(sch, block, target, vector_lanes(target, 8))
+
+
+def padding_to_take_over(sch: s_tir.Schedule, producers: list, data, target: Target) -> Padding | None:
+    """The padding block before a conv whose kernel pads ``data`` itself (``fold_prologue`` then
+    removes the block), or None after scheduling the producers as copies of their own."""
+    padding = match_padding(sch, producers[0].block_rv) if len(producers) == 1 else None
+    if padding is not None and padding.block.body.buffer.same_as(data):
+        return padding
+    for producer in producers:
+        _schedule_padding(sch, producer.block_rv, target)
+    return None
 
 
 def _schedule_transposed_epilogue(sch: s_tir.Schedule, epilogue: s_tir.schedule.SBlockRV, target: Target,
@@ -430,13 +441,9 @@ class VnniConv2d(CPUScheduleRule):
         prepacked = shape.filters % LANES == 0 and shape.channels % 4 == 0
         if prepacked:
             weight = _pack_weight_at_load(sch, block, weight, target)
-        padding = match_padding(sch, producers[0].block_rv) if len(producers) == 1 else None
-        if padding is not None and padding.block.body.buffer.same_as(data):
-            shape = replace(shape, padding=(padding.top, padding.left, padding.height, padding.width, padding.value))
-        else:
-            padding = None
-            for producer in producers:  # a copy the kernel cannot take over
-                _schedule_padding(sch, producer.block_rv, target)
+        padding = padding_to_take_over(sch, producers, data, target)
+        if padding is not None:
+            shape = replace(shape, padding=padding.spec)
         kernel = conv_kernel(shape, nv, mr, nhwc, prepacked)
         work = shape.filters * shape.out[0] * shape.out[1] * 8
         name = sch.get(block).name_hint

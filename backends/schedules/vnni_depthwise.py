@@ -40,8 +40,8 @@ from tvm.target import Target
 
 from .common import anchor_for
 from .conv import inline_copies, match_depthwise
-from .vnni import VnniConfig, _int, _linear, _schedule_padding, _schedule_planes, _tensorize_folding, has_vnni
-from .vnni_epilogue import fold_prologue, match_padding
+from .vnni import VnniConfig, _int, _linear, _schedule_planes, _tensorize_folding, has_vnni, padding_to_take_over
+from .vnni_epilogue import fold_prologue
 from .vnni_kernels import LANES, KernelText
 
 BYTES = 4 * LANES  # one zmm operand
@@ -211,13 +211,9 @@ class VnniDepthwiseConv2d(CPUScheduleRule):
             return None
         producers = inline_copies(sch, anchor.producers)  # the input read in place when unpadded
         shape, data, weight = match_vnni_depthwise(sch, block)
-        padding = match_padding(sch, producers[0].block_rv) if len(producers) == 1 else None
-        if padding is not None and padding.block.body.buffer.same_as(data):
-            shape = replace(shape, padding=(padding.top, padding.left, padding.height, padding.width, padding.value))
-        else:
-            padding = None
-            for producer in producers:  # a copy the kernel cannot take over
-                _schedule_padding(sch, producer.block_rv, target)
+        padding = padding_to_take_over(sch, producers, data, target)
+        if padding is not None:
+            shape = replace(shape, padding=padding.spec)
         out_buffer = sch.get(block).writes[0].source
         name = sch.get(block).name_hint
         pixels = shape.out[0] * shape.out[1]

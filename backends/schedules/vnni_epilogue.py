@@ -211,6 +211,11 @@ class Padding:
     width: int
     value: int
 
+    @property
+    def spec(self) -> tuple[int, int, int, int, int]:
+        """(top, left, height, width, value): what the kernels' shapes take (``ConvShape.padding``)."""
+        return self.top, self.left, self.height, self.width, self.value
+
 
 def match_padding(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> Padding | None:
     """The producer block as a ``Padding`` of the last two axes by a constant, or None."""
