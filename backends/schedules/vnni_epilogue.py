@@ -173,26 +173,16 @@ def fold_epilogue(sch: s_tir.Schedule, kernel_rv: s_tir.schedule.SBlockRV, epilo
             return tirx.Evaluate(0)
         return mutator.default_mutate(node)
 
-    def visit_block(node, mutator):
-        if node.same_as(kernel):
-            body = tvm_ffi.structural_mutate(node.body, [(tirx.BufferStore, visit_store), (tirx.DeclBuffer, visit_decl)])
-            reads = list(node.reads) + [_whole(region.source) for region in epilogue.block.reads
-                                        if not region.source.same_as(result)]
-            return s_tir.SBlock(node.iter_vars, reads, [_whole(store.buffer)], node.name_hint, body, node.init,
-                                node.alloc_buffers,
-                                [match for match in node.match_buffers if not match.buffer.same_as(aliases[0])],
-                                node.annotations)
-        if node.same_as(func.body.block):  # the root: the int32 product is no longer allocated
-            body = mutator.mutate(node.body)
-            return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, node.init,
-                                [buffer for buffer in node.alloc_buffers if not buffer.same_as(result)],
-                                node.match_buffers, node.annotations)
-        return mutator.default_mutate(node)
+    def rewrite(node):
+        body = tvm_ffi.structural_mutate(node.body, [(tirx.BufferStore, visit_store), (tirx.DeclBuffer, visit_decl)])
+        reads = list(node.reads) + [_whole(region.source) for region in epilogue.block.reads
+                                    if not region.source.same_as(result)]
+        return s_tir.SBlock(node.iter_vars, reads, [_whole(store.buffer)], node.name_hint, body, node.init,
+                            node.alloc_buffers,
+                            [match for match in node.match_buffers if not match.buffer.same_as(aliases[0])],
+                            node.annotations)
 
-    def visit_for(node, mutator):
-        return tirx.Evaluate(0) if node.same_as(nest) else mutator.default_mutate(node)
-
-    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
+    body = _replace_kernel(func, kernel, rewrite, result, nest)  # the int32 product is no longer allocated
     if not rewritten:
         raise ValueError("found no store of the product in the kernel")
     return s_tir.Schedule(func.with_body(body))
@@ -285,23 +275,31 @@ def fold_prologue(sch: s_tir.Schedule, kernel_name: str, padding: Padding) -> s_
                 values[next(var for var in iters if at.same_as(var))] = _cast(index + start, str(at.ty.dtype))
         return _substitute(stored.value, values)
 
+    def rewrite(node):
+        body = tvm_ffi.structural_mutate(node.body, [(LOAD, visit_load)])
+        reads = [region for region in node.reads if not region.source.same_as(padded)]
+        reads += [_whole(region.source) for region in producer.reads]
+        return s_tir.SBlock(node.iter_vars, reads, node.writes, node.name_hint, body, node.init, node.alloc_buffers,
+                            [match for match in node.match_buffers if not match.buffer.same_as(view)], node.annotations)
+
+    return s_tir.Schedule(func.with_body(_replace_kernel(func, kernel, rewrite, padded, nest)))
+
+
+def _replace_kernel(func: tirx.PrimFunc, kernel: s_tir.SBlock, rewrite, dropped: tirx.Buffer, nest: tirx.For) -> tirx.Stmt:
+    """``func``'s body with the ``kernel`` block replaced by ``rewrite(kernel)``, the buffer ``dropped``
+    no longer allocated in the root block, and the loop nest ``nest`` (the folded block's) deleted."""
+
     def visit_block(node, mutator):
         if node.same_as(kernel):
-            body = tvm_ffi.structural_mutate(node.body, [(LOAD, visit_load)])
-            reads = [region for region in node.reads if not region.source.same_as(padded)]
-            reads += [_whole(region.source) for region in producer.reads]
-            return s_tir.SBlock(node.iter_vars, reads, node.writes, node.name_hint, body, node.init,
-                                node.alloc_buffers, [match for match in node.match_buffers if not match.buffer.same_as(view)],
-                                node.annotations)
+            return rewrite(node)
         if node.same_as(func.body.block):
             body = mutator.mutate(node.body)
             return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint, body, node.init,
-                                [buffer for buffer in node.alloc_buffers if not buffer.same_as(padded)],
+                                [buffer for buffer in node.alloc_buffers if not buffer.same_as(dropped)],
                                 node.match_buffers, node.annotations)
         return mutator.default_mutate(node)
 
     def visit_for(node, mutator):
         return tirx.Evaluate(0) if node.same_as(nest) else mutator.default_mutate(node)
 
-    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
-    return s_tir.Schedule(func.with_body(body))
+    return tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, visit_block), (tirx.For, visit_for)])
