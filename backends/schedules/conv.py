@@ -24,8 +24,9 @@ convs on 7x7 planes: 1.5x). Where those passes do not run, the packing stays in 
 runs per call, as before.
 
 The fused epilogue (bias, residual add, ReLU/ReLU6 clip) runs on each tile right after its
-reduction and writes the NCHW output. Padding stays a separate, parallel copy; a ``pad_temp``
-that pads nothing (every 1x1 conv) is inlined instead of copying the input on every call. A
+reduction and writes the NCHW output. Padding stays a separate copy, scheduled like a standalone
+pad (row loops vectorized, parallel only when big: each parallel loop is a thread wake-up); a
+``pad_temp`` that pads nothing (every 1x1 conv) is inlined instead of copying the input on every call. A
 batch > 1 is an outer loop.
 
 ``DepthwiseConv2d`` handles groups == channels: parallel over channels, the padded channel
@@ -270,9 +271,7 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     sch.annotate(packed, LAYOUT_REWRITE_PREPROC, True)
 
     for producer in producers:  # the padding copy
-        pad_loops = sch.get_loops(producer.block_rv)
-        if pad_loops:
-            parallelize(sch, pad_loops[0], target, work)
+        schedule_padding_copy(sch, producer.block_rv, target)
 
     f0, f1 = sch.split(f, [None, nr])
     x0, x1 = sch.split(x, [None, mr])
@@ -295,6 +294,14 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     return sch
+
+
+def schedule_padding_copy(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, target: Target) -> None:
+    """A conv's padding copy (``pad_temp``) as the ``Elementwise`` rule schedules a standalone pad: each
+    row's loop vectorized, rows parallel only when the copy is big enough to pay a thread wake-up."""
+    from .elementwise import schedule_injective_block  # noqa: PLC0415  (elementwise imports conv helpers)
+
+    schedule_injective_block(sch, block, target, vector_lanes(target))
 
 
 def row_strides(lanes: int) -> tuple[int, ...]:
@@ -322,9 +329,7 @@ def _schedule_conv2d_rows(sch, block, batch, spatial, reduction, producers, epil
     nr = vectors * lanes
     epilogue_block = epilogue.block_rv if epilogue is not None else sch.cache_write(block, 0, "global")
     for producer in producers:  # the padding copy
-        pad_loops = sch.get_loops(producer.block_rv)
-        if pad_loops:
-            parallelize(sch, pad_loops[0], target, work)
+        schedule_padding_copy(sch, producer.block_rv, target)
     f0, f1 = sch.split(f, [None, mr])
     x0, x1 = sch.split(x, [None, nr])
     sch.reorder(*batch, f0, y, x0, *reduction, f1, x1)
