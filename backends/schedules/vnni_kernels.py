@@ -26,6 +26,9 @@ SHIFT = -2139062144  # 0x80808080 as int32: four bytes of 128
 # byte j*4 + r of an interleaved block is row r, column j of four 16-byte weight rows
 INTERLEAVE = [row * LANES + column for column in range(LANES) for row in range(4)]
 PREP_PARALLEL_MIN = 1 << 16  # bytes of data and weight to rearrange before a conv goes parallel
+# bytes of A to shift (xor, 64 bytes an instruction) before the dense kernel's shift pass goes
+# parallel: below, a parallel loop costs more in waking the pool's worker than it saves
+SHIFT_PARALLEL_MIN = 1 << 20
 
 
 def _vpdpbusd(acc, unsigned, signed):
@@ -100,7 +103,7 @@ def dense_kernel(rows: int, depth: int, columns: int, signed: bool, nv: int, mr:
             if signed:  # A ^ 0x80 once: bytes + 128 as uint8, 4 at a time
                 quads = "shifted"
                 code.line(f"shifted = T.sblock_alloc_buffer(({rows * steps},), \"int32\")")
-                loop = "T.parallel" if rows * depth >= PREP_PARALLEL_MIN else "T.serial"
+                loop = "T.parallel" if rows * depth >= SHIFT_PARALLEL_MIN else "T.serial"
                 code.line(f"for row in {loop}({rows}):")
                 with code.indent():
                     chunks, left = divmod(steps, LANES)
