@@ -191,17 +191,16 @@ def lower_quant_conv(ctx: LowerContext, node: Node, args: list[relax.Expr]) -> r
         raise ctx.error(f"quant.conv lowers 2-d convolutions only, this one has {rank} spatial dims")
     zero_point = node.attrs["x_zero_point"]
     pads = per_axis(node.attrs["pads"], 2 * rank, 0)
+    strides, dilations = per_axis(node.attrs["strides"], rank, 1), per_axis(node.attrs["dilations"], rank, 1)
+    bias = _effective_bias(ctx, weight, args[2] if len(args) == 3 else None, zero_point, conv=True)
     absorbed = _padded_by_zero_point(node)
     if absorbed is not None:  # static int8's explicit zero-point pad: the conv kernel pads (see below)
         pad, pads, pad_value = absorbed
-        x = ctx.expr_of(pad.inputs[0])
-        strides, dilations = per_axis(node.attrs["strides"], rank, 1), per_axis(node.attrs["dilations"], rank, 1)
-        out = ctx.emit_te(_zero_point_padded_conv, x, weight, pads=pads, pad_value=pad_value, strides=strides,
-                          dilations=dilations, depthwise=node.attrs["groups"] != 1, name="conv2d")
-        return out if len(args) < 3 else R.add(out, ctx.emit(R.reshape(args[2], [1, -1, 1, 1])))
+        out = ctx.emit_te(_zero_point_padded_conv, ctx.expr_of(pad.inputs[0]), weight, pads=pads,
+                          pad_value=pad_value, strides=strides, dilations=dilations,
+                          depthwise=node.attrs["groups"] != 1, name="conv2d")
+        return out if bias is None else R.add(out, bias)
     padding = (0, 0, 0, 0)
-    strides, dilations = per_axis(node.attrs["strides"], rank, 1), per_axis(node.attrs["dilations"], rank, 1)
-    bias = _effective_bias(ctx, weight, args[2] if len(args) == 3 else None, zero_point, conv=True)
     if any(pads) and zero_point:
         # pad with the zero point: (x - zp) is then zero in the padding, as the reference pads
         pad_width = [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]]
