@@ -325,14 +325,25 @@ def match_vnni_dense(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> 
                       str(activations.source.dtype))
 
 
-class VnniDense(CPUScheduleRule):
-    """int8 dense products (``quant.linear``, ``quant.matmul`` by a constant-shaped 2-d weight) on vpdpbusd."""
+class VnniRule(CPUScheduleRule):
+    """What the VNNI rules share: their config, and a func's anchor where the target has VNNI."""
+
+    max_producers = 1  # blocks before the product (a padding or identity copy)
 
     def __init__(self, config: VnniConfig | None = None) -> None:
         self.config = config or VnniConfig()
 
+    def anchor(self, func: tirx.PrimFunc, target: Target):
+        return anchor_for(func, has_vnni(target), self.max_producers)
+
+
+class VnniDense(VnniRule):
+    """int8 dense products (``quant.linear``, ``quant.matmul`` by a constant-shaped 2-d weight) on vpdpbusd."""
+
+    max_producers = 0
+
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        anchor = anchor_for(func, has_vnni(target), max_producers=0)
+        anchor = self.anchor(func, target)
         if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
@@ -416,21 +427,19 @@ def _conv_tile_shape(width: int, vectors: int, config: VnniConfig) -> tuple[int,
     return nv, mr
 
 
-class VnniConv2d(CPUScheduleRule):
+class VnniConv2d(VnniRule):
     """int8 NCHW convolutions (groups 1, batch 1) on vpdpbusd: the pointwise form or the general one."""
 
-    def __init__(self, config: VnniConfig | None = None) -> None:
-        self.config = config or VnniConfig()
-
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        anchor = anchor_for(func, has_vnni(target), max_producers=1)
+        anchor = self.anchor(func, target)
         if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
-        if match_vnni_conv(sch, block) is None:
-            return None
         producers = inline_copies(sch, anchor.producers)  # an unpadded input is read in place
-        shape, data, weight = match_vnni_conv(sch, block)
+        found = match_vnni_conv(sch, block)
+        if found is None:
+            return None
+        shape, data, weight = found
         out_buffer = sch.get(block).writes[0].source
         if _is_pointwise(shape):
             return self._pointwise(sch, anchor, producers, block, shape, data, weight, out_buffer, target)

@@ -35,12 +35,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .common import anchor_for
 from .conv import inline_copies, match_depthwise
-from .vnni import VnniConfig, _int, _linear, _schedule_planes, _tensorize_folding, has_vnni, padding_to_take_over
+from .vnni import VnniRule, _int, _linear, _schedule_planes, _tensorize_folding, padding_to_take_over
 from .vnni_epilogue import fold_prologue
 from .vnni_kernels import LANES, KernelText
 
@@ -196,21 +194,19 @@ def match_vnni_depthwise(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV)
     return shape, data.source, weight.source
 
 
-class VnniDepthwiseConv2d(CPUScheduleRule):
+class VnniDepthwiseConv2d(VnniRule):
     """int8 depthwise NCHW convolutions (batch 1, kernel width <= 4) on vpdpbusd (module docstring)."""
 
-    def __init__(self, config: VnniConfig | None = None) -> None:
-        self.config = config or VnniConfig()
-
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        anchor = anchor_for(func, has_vnni(target), max_producers=1)
+        anchor = self.anchor(func, target)
         if anchor is None:
             return None
         sch, block = anchor.sch, anchor.block.block_rv
-        if not match_vnni_depthwise(sch, block):
-            return None
         producers = inline_copies(sch, anchor.producers)  # the input read in place when unpadded
-        shape, data, weight = match_vnni_depthwise(sch, block)
+        found = match_vnni_depthwise(sch, block)
+        if found is None:
+            return None
+        shape, data, weight = found
         padding = padding_to_take_over(sch, producers, data, target)
         if padding is not None:
             shape = replace(shape, padding=padding.spec)
