@@ -59,6 +59,7 @@ from .vnni import VnniConv2d, VnniDense
 from .vnni_depthwise import VnniDepthwiseConv2d
 from .transpose import Transpose
 from .weights import mark_passes, pack_passes, with_packed_args
+from .winograd import WinogradConv2d
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def default_rules() -> list:
     """The rules, most specific first (the first that returns a schedule wins)."""
-    return [Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
+    return [WinogradConv2d(), Matmul(), VnniDense(), IntegerMatmul(), WeightOnlyMatmul(), Conv2d(), VnniConv2d(), IntegerConv2d(),
             DepthwiseConv2d(), VnniDepthwiseConv2d(), IntegerDepthwiseConv2d(), DynamicScale(), Attention(),
             Transpose(), Pool2d(), RowReduction(), Elementwise()]
 

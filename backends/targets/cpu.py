@@ -223,8 +223,11 @@ class CpuTarget:
     @staticmethod
     def fusion_passes() -> list[tvm.transform.Pass]:
         """Relax to fused PrimFuncs (TVM's ``zero`` pipeline), before any scheduling; ``optc tune``
-        extracts its tasks after the same passes."""
-        return [relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")]
+        extracts its tasks after the same passes. ``WinogradRewrite`` turns the 3x3 stride-1 convs
+        Winograd is faster on into its own kernels first (AVX-512 targets only)."""
+        from ..schedules.winograd import WinogradRewrite  # noqa: PLC0415
+
+        return [relax.transform.DecomposeOpsForInference(), WinogradRewrite(), relax.get_pipeline("zero")]
 
     def tuning_passes(self) -> list[tvm.transform.Pass]:
         """The tuned kernels of ``tuning_db`` (empty without one); they win over the default schedules."""
