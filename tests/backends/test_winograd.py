@@ -14,6 +14,7 @@ from optc.backends.lower import lower_graph
 from optc.backends.schedules import schedule_func
 from optc.backends.schedules.winograd import R, WinogradShape, choose_tile, matrices, worth_it
 from optc.backends.targets.cpu import _cpuinfo_flags
+from optc.backends.tuning import is_winograd_kernel
 from optc.ir import Graph, TensorType, interpret
 
 AVX512 = "avx512f" in (_cpuinfo_flags() or ())
@@ -109,6 +110,8 @@ def test_winograd_convs_match_interpreter(channels: int, size, filters: int, pad
     # bias, activation and residual add are the kernel's epilogue, not kernels of their own
     assert "add" in fused and (activation == "none") != ("relu" in fused or "maximum" in fused), rules
     assert not any(name.startswith("fused_") and "winograd" not in name for name in rules), rules
+    # optc tune leaves both Winograd kernels out of MetaSchedule's tasks, by name
+    assert sum(is_winograd_kernel(name) for name in rules) == 2, rules
     check(graph)
 
 
