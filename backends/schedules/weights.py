@@ -42,7 +42,7 @@ PACKED_ARG_ANNOTATION = "optc.packed_arg"  # on the block that reads the packed 
 CALL_TIR = "relax.call_tir"
 
 
-def _single_main(mod: IRModule) -> relax.Function | None:
+def single_main(mod: IRModule) -> relax.Function | None:
     functions = [(gvar, func) for gvar, func in mod.functions_items() if isinstance(func, relax.Function)]
     if len(functions) != 1 or functions[0][0].name_hint != ENTRY:
         return None
@@ -84,7 +84,7 @@ class MarkWeightArgs:
     """Mark the PrimFunc arguments that are weights at every call site (``optc.weight_args``)."""
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        main = _single_main(mod)
+        main = single_main(mod)
         if main is None:
             return mod
         weights = _weight_vars(main)
@@ -166,7 +166,7 @@ class PackWeights:
     """Feed the packed layout the schedules chose (``optc.packed_args``) to their call sites."""
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        main = _single_main(mod)
+        main = single_main(mod)
         if main is None:
             return mod
         # a packed PrimFunc's signature changed, but a GlobalVar keeps the type of the function it
@@ -195,7 +195,7 @@ class LiftWeights:
     """TVM's ``LiftTransformParams`` on a single-``main`` module (others are left alone)."""
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        main = _single_main(mod)
+        main = single_main(mod)
         if main is None or _returns_weights(main):
             return mod
         return relax.transform.LiftTransformParams()(mod)

@@ -53,7 +53,9 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
+from ..lower.module import ENTRY
 from .common import num_cores, vector_lanes
+from .weights import single_main
 
 R = 3  # kernel
 TILE_SIZES = (4, 2)  # output tile m of F(m x m, 3x3), largest first (input tile m + 2)
@@ -309,11 +311,13 @@ class WinogradRewrite:
         target = Target.current(allow_none=True)
         if target is None or "llvm" not in str(target.kind) or vector_lanes(target) != LANES:
             return mod
+        if single_main(mod) is None:
+            # the multi-entry modules of compile_entries keep their weights unlifted (weights.py):
+            # the filter transform would run on every call
+            return mod
         rewriter = _Rewriter(mod)
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rewritten = rewriter.visit_expr(func)
-                rewriter.builder_.update_func(gvar, rewritten)
+        gvar = mod.get_global_var(ENTRY)
+        rewriter.builder_.update_func(gvar, rewriter.visit_expr(mod[gvar]))
         if not rewriter.rewritten:
             return mod
         mod = rewriter.builder_.get()

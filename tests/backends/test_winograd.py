@@ -152,3 +152,16 @@ def test_weight_transform_runs_at_load_time() -> None:
     assert any("winograd_weight" in name for name in called_at_load), called_at_load
     assert not any("winograd_weight" in name for name in called_in_main), called_in_main
     assert any("winograd_conv2d" in name for name in called_in_main), called_in_main
+
+
+@needs_avx512
+def test_multi_entry_modules_keep_the_direct_conv() -> None:
+    """compile_entries' modules keep their weights unlifted: a filter transform would run per call."""
+    from optc.backends.schedules.winograd import WinogradRewrite  # noqa: PLC0415
+
+    module = lower_graph(conv3x3(16, 24, 32))
+    with get_target("cpu").tvm_target():
+        assert any("winograd" in gvar.name_hint for gvar in WinogradRewrite()(module).get_global_vars())
+        second = tvm.IRModule({**{gvar: func for gvar, func in module.functions_items()},
+                               relax.GlobalVar("step"): module["main"]})
+        assert not any("winograd" in gvar.name_hint for gvar in WinogradRewrite()(second).get_global_vars())
