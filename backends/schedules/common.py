@@ -135,6 +135,17 @@ def parallelize(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, target: Target
         sch.parallel(loop)
 
 
+def vectorize_registers(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, vectors: int, lanes: int) -> None:
+    """The innermost loop of a register tile, ``vectors`` SIMD registers of ``lanes`` wide:
+    one vectorized loop, or the registers unrolled around a vectorized loop of ``lanes``."""
+    if vectors > 1:
+        registers, within = sch.split(loop, [None, lanes])
+        sch.unroll(registers)
+        sch.vectorize(within)
+    else:
+        sch.vectorize(loop)
+
+
 def fitting_lanes(extent: int, lanes: int) -> int:
     """The widest vector (``lanes``, half, quarter; at least 4) that divides ``extent``, else ``lanes``.
 

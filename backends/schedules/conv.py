@@ -46,7 +46,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
-from .common import anchor_for, fitting_lanes, parallelize, static_extent, vector_lanes
+from .common import anchor_for, fitting_lanes, parallelize, static_extent, vector_lanes, vectorize_registers
 from .conv_pixels import PixelTile, reads_plane, schedule_pixels
 
 
@@ -277,12 +277,7 @@ def schedule_conv2d(sch, block, match: ConvMatch, producers, epilogue, target: T
     x0, x1 = sch.split(x, [None, mr])
     sch.reorder(*batch, f0, y, x0, *reduction, x1, f1)
     sch.unroll(x1)
-    if vectors > 1:
-        f1_vectors, f1_lanes = sch.split(f1, [None, lanes])
-        sch.unroll(f1_vectors)
-        sch.vectorize(f1_lanes)
-    else:
-        sch.vectorize(f1)
+    vectorize_registers(sch, f1, vectors, lanes)
 
     sch.reverse_compute_at(epilogue_block, x0)
     epilogue_loops = sch.get_loops(epilogue_block)[len(batch) + 3:]
@@ -334,12 +329,7 @@ def _schedule_conv2d_rows(sch, block, batch, spatial, reduction, producers, epil
     x0, x1 = sch.split(x, [None, nr])
     sch.reorder(*batch, f0, y, x0, *reduction, f1, x1)
     sch.unroll(f1)
-    if vectors > 1:
-        x1_vectors, x1_lanes = sch.split(x1, [None, lanes])
-        sch.unroll(x1_vectors)
-        sch.vectorize(x1_lanes)
-    else:
-        sch.vectorize(x1)
+    vectorize_registers(sch, x1, vectors, lanes)
     sch.reverse_compute_at(epilogue_block, x0)
     epilogue_loops = sch.get_loops(epilogue_block)[len(batch) + 3:]
     if epilogue_loops:

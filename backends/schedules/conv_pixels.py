@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .common import parallelize, static_extent
+from .common import parallelize, static_extent, vectorize_registers
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,7 @@ def schedule_pixels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, batch: 
     outer = [*batch, p0, f0]
     sch.reorder(*outer, *reduction, f1, p1)
     sch.unroll(f1)
-    if tile.vectors > 1:
-        p1_vectors, p1_lanes = sch.split(p1, [None, lanes])
-        sch.unroll(p1_vectors)
-        sch.vectorize(p1_lanes)
-    else:
-        sch.vectorize(p1)
+    vectorize_registers(sch, p1, tile.vectors, lanes)
     sch.reverse_compute_at(epilogue_block, outer[-1])
     epilogue_loops = sch.get_loops(epilogue_block)[len(outer):]
     if epilogue_loops:

@@ -54,7 +54,7 @@ from tvm.target import Target
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
 from ..lower.module import ENTRY
-from .common import num_cores, vector_lanes
+from .common import num_cores, vector_lanes, vectorize_registers
 from .weights import single_main
 
 R = 3  # kernel
@@ -389,12 +389,7 @@ class WinogradConv2d(CPUScheduleRule):
         two, tw1 = sch.split(gtw, [None, tile.mr])
         sch.reorder(kb, two, rc, tw1, kl)
         sch.unroll(tw1)
-        if tile.vectors > 1:
-            kv, kk = sch.split(kl, [None, LANES])
-            sch.unroll(kv)
-            sch.vectorize(kk)
-        else:
-            sch.vectorize(kl)
+        vectorize_registers(sch, kl, tile.vectors, LANES)
         init = sch.decompose_reduction(gemm, rc)
         sch.vectorize(sch.get_loops(init)[-1])
 
