@@ -7,6 +7,10 @@ transformations in the style of dlight (``ScheduleRule.apply(func, target, tunab
 * ``Matmul`` (matmul.py): ``nn.linear`` / ``linalg.matmul`` kernels, register-blocked,
   vectorized over N, parallel over tiles, with the bias/activation epilogue fused into the tile;
   a weight operand is read as K x nr panels packed once at load time (weights.py);
+* ``WinogradConv2d`` (winograd.py): the kernels of ``WinogradRewrite``, a Relax pass the CPU
+  target runs before fusion that turns float32 3x3 stride-1 convs into Winograd F(4x4, 3x3) or
+  F(2x2, 3x3) (4x / 2.25x fewer multiply-adds; the filter transform runs at load time), one
+  parallel loop over rows of tiles;
 * ``Conv2d`` (conv.py, conv_pixels.py): 1x1 convs as tiles of channels x flat pixel vectors
   (weights read in place), others as channel tiles with weights packed at load time; epilogue
   fused; ``DepthwiseConv2d`` (conv.py): per-channel planes, rows vectorized;
