@@ -336,6 +336,17 @@ class VnniRule(CPUScheduleRule):
     def anchor(self, func: tirx.PrimFunc, target: Target):
         return anchor_for(func, has_vnni(target), self.max_producers)
 
+    def match_conv(self, func: tirx.PrimFunc, target: Target, matcher):
+        """(anchor, its block, the producers left once identity copies are inlined, what ``matcher``
+        found in the block) for the conv rules; None when the func has no anchor or no match."""
+        anchor = self.anchor(func, target)
+        if anchor is None:
+            return None
+        block = anchor.block.block_rv
+        producers = inline_copies(anchor.sch, anchor.producers)  # an unpadded input is read in place
+        found = matcher(anchor.sch, block)
+        return None if found is None else (anchor, block, producers, found)
+
 
 class VnniDense(VnniRule):
     """int8 dense products (``quant.linear``, ``quant.matmul`` by a constant-shaped 2-d weight) on vpdpbusd."""
@@ -431,15 +442,11 @@ class VnniConv2d(VnniRule):
     """int8 NCHW convolutions (groups 1, batch 1) on vpdpbusd: the pointwise form or the general one."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        anchor = self.anchor(func, target)
-        if anchor is None:
+        matched = self.match_conv(func, target, match_vnni_conv)
+        if matched is None:
             return None
-        sch, block = anchor.sch, anchor.block.block_rv
-        producers = inline_copies(sch, anchor.producers)  # an unpadded input is read in place
-        found = match_vnni_conv(sch, block)
-        if found is None:
-            return None
-        shape, data, weight = found
+        anchor, block, producers, (shape, data, weight) = matched
+        sch = anchor.sch
         out_buffer = sch.get(block).writes[0].source
         if _is_pointwise(shape):
             return self._pointwise(sch, anchor, producers, block, shape, data, weight, out_buffer, target)

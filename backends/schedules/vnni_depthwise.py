@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .conv import inline_copies, match_depthwise
+from .conv import match_depthwise
 from .vnni import VnniRule, _int, _linear, _schedule_planes, _tensorize_folding, padding_to_take_over
 from .vnni_epilogue import fold_prologue
 from .vnni_kernels import LANES, KernelText
@@ -198,15 +198,11 @@ class VnniDepthwiseConv2d(VnniRule):
     """int8 depthwise NCHW convolutions (batch 1, kernel width <= 4) on vpdpbusd (module docstring)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        anchor = self.anchor(func, target)
-        if anchor is None:
+        matched = self.match_conv(func, target, match_vnni_depthwise)
+        if matched is None:
             return None
-        sch, block = anchor.sch, anchor.block.block_rv
-        producers = inline_copies(sch, anchor.producers)  # the input read in place when unpadded
-        found = match_vnni_depthwise(sch, block)
-        if found is None:
-            return None
-        shape, data, weight = found
+        anchor, block, producers, (shape, data, weight) = matched
+        sch = anchor.sch
         padding = padding_to_take_over(sch, producers, data, target)
         if padding is not None:
             shape = replace(shape, padding=padding.spec)
