@@ -259,6 +259,8 @@ def tune_module(
     tasks = ms.relax_integration.extract_tasks(fused, target)
     if not tasks:
         raise TuningError("MetaSchedule found no kernels to tune in this model")
+    from .schedules.winograd import is_winograd_kernel  # noqa: PLC0415
+
     kept = [task for task in tasks if not is_winograd_kernel(task.task_name)]
     if len(kept) < len(tasks):
         # their multi-stage TE is not a workload MetaSchedule's rules can take (its space generation
@@ -325,11 +327,6 @@ def tune_module(
                                             str(structural_hash(task.dispatched[0]))))
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def is_winograd_kernel(name: str) -> bool:
-    """Whether a fused kernel is one of ``WinogradRewrite``'s (the conv or its weight transform)."""
-    return "winograd_" in name
 
 
 def _weight_args(fused: tvm.IRModule) -> dict[str, Any]:

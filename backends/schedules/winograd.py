@@ -52,6 +52,7 @@ from tvm.ir import IRModule
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+from tvm.topi.utils import const_matrix
 
 from ..lower.module import ENTRY
 from .common import num_cores, vector_lanes, vectorize_registers
@@ -62,6 +63,7 @@ TILE_SIZES = (4, 2)  # output tile m of F(m x m, 3x3), largest first (input tile
 LANES = 16  # AVX-512 float32; the rewrite only runs where the target has it
 OP_PATTERN_OUT_EWISE_FUSABLE = 4  # relax.analysis's kOutEWiseFusable: FuseOps fuses the epilogue after it
 BLOCK_PREFIX = "wino_"
+KERNELS = ("winograd_weight", "winograd_conv2d")  # the PrimFuncs the rewrite makes (fused names contain them)
 MIN_TILES = 32  # fewer output tiles than this: the transformed weight's bytes dominate (worth_it)
 
 
@@ -70,10 +72,6 @@ def matrices(m: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A [a, m], B [a, a], G [a, 3]) of F(m, 3), a = m + 2: Y = A^T [(G g G^T) * (B^T d B)] A."""
     a, b, g = _cook_toom_convolution(_interpolation_points(m + R - 2), m, R)
     return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -108,13 +106,13 @@ class WinogradShape:
 
     @property
     def s_width(self) -> int:
-        """Columns of ``wino_s`` (every column a tile may start at, whole vectors)."""
-        return _round_up(self.m * self.tile_cols, LANES)
+        """Columns of ``wino_s``: every column up to the last tile's start (the product reads m * tw)."""
+        return self.m * (self.tile_cols - 1) + 1
 
     @property
     def t1_width(self) -> int:
-        """Columns of ``wino_t1`` and of the padded rows: what ``wino_s`` reads, whole vectors."""
-        return _round_up(self.s_width + R - 1, LANES)
+        """Columns of ``wino_t1`` and of the padded rows: what ``wino_s`` reads."""
+        return self.s_width + self.alpha - 1
 
 
 @dataclass(frozen=True)
@@ -164,26 +162,12 @@ def winograd_weight(weight: te.Tensor, nr: int, m: int) -> te.Tensor:
     alpha = m + R - 1
     ra = te.reduce_axis((0, R), name="ra")
     rb = te.reduce_axis((0, R), name="rb")
-    g_const = _const_matrix(g, "wino_G")
+    g_const = const_matrix(g.astype("float32"), "wino_G")
     return te.compute(
         (alpha, alpha, filters // nr, channels, nr),
         lambda e, n, kb, c, kl: te.sum(g_const[e, ra] * weight[kb * nr + kl, c, ra, rb] * g_const[n, rb], axis=[ra, rb]),
         name="wino_weight",
     )
-
-
-def _const_matrix(values: np.ndarray, name: str) -> te.Tensor:
-    rows, cols = values.shape
-
-    def element(i, j):
-        out = tirx.const(0.0, "float32")
-        for row in range(rows):
-            for col in range(cols):
-                if values[row, col] != 0:
-                    out = tirx.Select(tirx.all(i == row, j == col), tirx.const(float(values[row, col]), "float32"), out)
-        return out
-
-    return te.compute((rows, cols), element, name=name)
 
 
 def _combination(coefficients: np.ndarray, index: tirx.PrimExpr, term) -> tirx.PrimExpr:
@@ -296,11 +280,11 @@ class _Rewriter(relax.PyExprMutator):
             return call
         tile = choose_tile(shape)
         packed = self.builder_.emit_te(winograd_weight, call.args[1], tile.nr, shape.m,
-                                       primfunc_name_hint="winograd_weight")
+                                       primfunc_name_hint=KERNELS[0])
         self.rewritten += 1
         # a call, not an emitted var: the binding stays ``lv = call_tir(...)`` for FuseOps to fuse
         return self.builder_.call_te(lambda x, u: winograd_conv2d(x, u, shape, tile), call.args[0], packed,
-                                     primfunc_name_hint="winograd_conv2d")
+                                     primfunc_name_hint=KERNELS[1])
 
 
 @tvm.transform.module_pass(opt_level=0, name="optc.WinogradRewrite")
@@ -322,9 +306,14 @@ class WinogradRewrite:
             return mod
         mod = rewriter.builder_.get()
         for gvar, func in list(mod.functions_items()):
-            if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith("winograd_conv2d"):
+            if isinstance(func, tirx.PrimFunc) and gvar.name_hint.startswith(KERNELS[1]):
                 mod[gvar] = func.with_attr("op_pattern", OP_PATTERN_OUT_EWISE_FUSABLE)
         return mod
+
+
+def is_winograd_kernel(name: str) -> bool:
+    """Whether a (fused) kernel is one of the rewrite's: the conv or its weight transform."""
+    return any(kernel in name for kernel in KERNELS)
 
 
 # ---- the schedule -----------------------------------------------------------------------------------------

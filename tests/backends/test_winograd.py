@@ -12,9 +12,8 @@ from tvm import relax, tirx
 from optc.backends import compile_graph, get_target
 from optc.backends.lower import lower_graph
 from optc.backends.schedules import schedule_func
-from optc.backends.schedules.winograd import R, WinogradShape, choose_tile, matrices, worth_it
+from optc.backends.schedules.winograd import R, WinogradShape, choose_tile, is_winograd_kernel, matrices, worth_it
 from optc.backends.targets.cpu import _cpuinfo_flags
-from optc.backends.tuning import is_winograd_kernel
 from optc.ir import Graph, TensorType, interpret
 
 AVX512 = "avx512f" in (_cpuinfo_flags() or ())
@@ -165,3 +164,11 @@ def test_multi_entry_modules_keep_the_direct_conv() -> None:
         second = tvm.IRModule({**{gvar: func for gvar, func in module.functions_items()},
                                relax.GlobalVar("step"): module["main"]})
         assert not any("winograd" in gvar.name_hint for gvar in WinogradRewrite()(second).get_global_vars())
+
+
+@needs_avx512
+def test_unscheduled_winograd_kernel_is_correct() -> None:
+    """With schedules off the TE runs as written: every read stays inside its stage's buffer."""
+    graph = conv3x3(16, 26, 16, residual=True)
+    assert any("winograd" in name for name in fused_kernels(graph, schedules=False))
+    check(graph, schedules=False)
